@@ -1,0 +1,24 @@
+# Two entry points: `make demo` (the main job) and `make test`.
+# Both create or refresh the virtualenv in .venv from setup.cfg.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test venv bench clean
+
+$(BIN)/.stamp: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.stamp
+
+demo: venv
+	$(BIN)/python -m xcore.demo
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) build *.egg-info
