@@ -1,0 +1,5 @@
+"""`python -m xcore` is the `xcore` command."""
+
+from cli import main
+
+main()

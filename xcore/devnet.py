@@ -1,0 +1,150 @@
+"""A local devnet: N node processes on 127.0.0.1, one data dir each.
+
+``DIR/<name>/`` holds each node's data dir and ``node.log``;
+``DIR/bootstrap_nodes.txt`` names the first node; ``DIR/devnet.json`` lists
+the nodes. This is tooling (it starts processes and waits in real time), not
+protocol code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from xcore.bootstrap import format_seed, parse_address
+from xcore.control import call, is_running
+from xcore.errors import ConfigError, Timeout, XcoreError
+from xcore.fsutil import atomic_write
+from xcore.node import PID_NAME, init_node
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def node_command(data_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "xcore", "node", "start", "--data", str(data_dir)]
+
+
+def spawn(data_dir: Path) -> subprocess.Popen[bytes]:
+    """Start one node process, detached, logging to DATA/node.log."""
+    log = open(Path(data_dir) / "node.log", "ab")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        return subprocess.Popen(node_command(data_dir), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                                cwd=str(ROOT))
+    finally:
+        log.close()
+
+
+def _status(data_dir: Path) -> dict[str, Any] | None:
+    if not is_running(data_dir):
+        return None
+    try:
+        return asyncio.run(call(data_dir, "status", timeout=5))  # type: ignore[no-any-return]
+    except (XcoreError, OSError, asyncio.TimeoutError):
+        return None
+
+
+def wait_joined(data_dir: Path, proc: subprocess.Popen[bytes] | None, deadline: float,
+                need_joined: bool = True) -> dict[str, Any]:
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = (Path(data_dir) / "node.log").read_text(errors="replace")[-2000:]
+            raise ConfigError(f"node in {data_dir} exited with {proc.returncode}:\n{tail}")
+        st = _status(data_dir)
+        if st is not None and (st["joined"] or not need_joined):
+            return st
+        time.sleep(0.1)
+    raise Timeout(f"node in {data_dir} did not join in time")
+
+
+def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
+       timeout: float = 60.0, progress: Callable[[str], None] | None = None,
+       prefix: str = "n") -> dict[str, Any]:
+    if count < 1:
+        raise ConfigError("a devnet needs at least one node")
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    names = [f"{prefix}{i:02d}" for i in range(1, count + 1)]
+    nodes: list[dict[str, Any]] = []
+    first = directory / names[0]
+    if not (first / "config.json").exists():
+        init_node(first, port=0, capacity=capacity, difficulty=difficulty, diversity=False)
+    proc = spawn(first)
+    st = wait_joined(first, proc, deadline)
+    seed = format_seed(parse_address(st["address"]), bytes.fromhex(st["node_id"]))
+    atomic_write(directory / "bootstrap_nodes.txt",
+                 f"# devnet seed (xcore devnet up)\n{seed}\n".encode())
+    nodes.append({"name": names[0], "data": str(first), "pid": proc.pid,
+                  "node_id": st["node_id"], "address": st["address"]})
+    if progress:
+        progress(f"{names[0]} up at {st['address']}")
+    procs = []
+    for name in names[1:]:
+        d = directory / name
+        if not (d / "config.json").exists():
+            init_node(d, port=0, capacity=capacity, bootstrap=[seed], difficulty=difficulty,
+                      diversity=False)
+        procs.append((name, d, spawn(d)))
+    for name, d, p in procs:
+        st = wait_joined(d, p, deadline)
+        nodes.append({"name": name, "data": str(d), "pid": p.pid, "node_id": st["node_id"],
+                      "address": st["address"]})
+        if progress:
+            progress(f"{name} up at {st['address']} ({st['peers']} peers)")
+    info = {"dir": str(directory), "seed": seed, "nodes": nodes}
+    atomic_write(directory / "devnet.json", json.dumps(info, indent=2).encode())
+    return info
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_pid(pid: int, grace: float = 10.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            if not _pid_alive(pid):
+                return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def down(directory: Path) -> dict[str, Any]:
+    directory = Path(directory)
+    stopped = 0
+    for pidfile in sorted(directory.glob(f"*/{PID_NAME}")):
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _pid_alive(pid):
+            stop_pid(pid)
+            stopped += 1
+    return {"dir": str(directory), "stopped": stopped}

@@ -1,0 +1,332 @@
+"""The node program: one OS process that is a DHT peer (and, as later parts
+land, a host, a client and an auditor).
+
+This is the I/O shell around the sans-IO cores: it reads the data directory,
+owns the sockets (through :mod:`xcore.net.aio`), the wall clock and the
+system RNG, saves state atomically, and serves the control socket.
+
+Data directory layout::
+
+    config.json      operator settings (host, port, capacity, bootstrap, difficulty)
+    identity.key     Ed25519 seed, mode 0600 (xcore.crypto.identity)
+    dht.state        msgpack snapshot: contacts, records, own published records
+    control.sock     control socket while the node runs (xcore.control)
+    node.pid         pid of the running node
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import secrets
+from pathlib import Path
+from typing import Any
+
+from xcore.bootstrap import Seed, format_address, load_bootstrap, parse_seed
+from xcore.codec import pack, unpack_bounded
+from xcore.control import ControlServer, is_running
+from xcore.crypto.identity import Identity
+from xcore.dht.protocol import DHTConfig, DHTNode, new_record
+from xcore.dht.records import dht_key
+from xcore.errors import ConfigError, NoPeers, RemoteProtocolError, XcoreError
+from xcore.fsutil import atomic_write
+from xcore.net.aio import DatagramDriver, open_udp, wait_op, wall_clock
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+KEY_NAME = "identity.key"
+STATE_NAME = "dht.state"
+PID_NAME = "node.pid"
+CONFIG_VERSION = 1
+DEFAULT_DIFFICULTY = 12
+SAVE_INTERVAL = 30.0
+MAX_STATE_BYTES = 256 << 20
+PACKAGE_BOOTSTRAP = Path(__file__).resolve().parent.parent / "bootstrap_nodes.txt"
+
+UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
+         "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40,
+         "tb": 1000**4, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'10GiB', '500MB', '1g', '1048576' -> bytes."""
+    s = text.strip().lower().replace(" ", "")
+    i = 0
+    while i < len(s) and (s[i].isdigit() or s[i] == "."):
+        i += 1
+    num, unit = s[:i], s[i:]
+    if not num or unit not in UNITS:
+        raise ConfigError(f"bad size {text!r}: use e.g. 500MiB, 10GB, 1TiB")
+    try:
+        value = float(num) * UNITS[unit]
+    except ValueError:
+        raise ConfigError(f"bad size {text!r}") from None
+    if value < 0 or value > 1 << 60:
+        raise ConfigError(f"size {text!r} out of range")
+    return int(value)
+
+
+def load_config(data_dir: Path) -> dict[str, Any]:
+    path = Path(data_dir) / CONFIG_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{data_dir} is not a node data directory: run `xcore node init --data {data_dir}`") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("version") != CONFIG_VERSION:
+        raise ConfigError(f"{path}: unknown config version")
+    for key, typ in (("host", str), ("port", int), ("capacity", int), ("bootstrap", list),
+                     ("difficulty", int)):
+        if not isinstance(doc.get(key), typ):
+            raise ConfigError(f"{path}: '{key}' missing or not a {typ.__name__}")
+    return doc
+
+
+def init_node(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, capacity: int = 0,
+              bootstrap: list[str] | None = None, difficulty: int = DEFAULT_DIFFICULTY,
+              diversity: bool = True, force: bool = False) -> dict[str, Any]:
+    """Create a node data directory: identity (solving the ID puzzle) and config."""
+    data_dir = Path(data_dir)
+    if (data_dir / CONFIG_NAME).exists() and not force:
+        raise ConfigError(f"{data_dir} is already initialised")
+    for b in bootstrap or []:
+        parse_seed(b)  # validate early
+    if not 0 <= port <= 65535:
+        raise ConfigError("port must be 0-65535")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    key_path = data_dir / KEY_NAME
+    if key_path.exists() and not force:
+        identity = Identity.load(key_path)
+    else:
+        identity = Identity.generate(difficulty, secrets.token_bytes)
+        identity.save(key_path)
+    config = {"version": CONFIG_VERSION, "host": host, "port": port, "capacity": capacity,
+              "bootstrap": list(bootstrap or []), "difficulty": difficulty,
+              "diversity": diversity}
+    atomic_write(data_dir / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+    return {"node_id": identity.node_id.hex(), "data": str(data_dir), **config}
+
+
+def seeds_for(data_dir: Path, config: dict[str, Any]) -> list[Seed]:
+    """Seeds: config's --bootstrap values, else the data dir's
+    bootstrap_nodes.txt, else the one shipped at the top of the package."""
+    if config["bootstrap"]:
+        return [parse_seed(b) for b in config["bootstrap"]]
+    local = Path(data_dir) / "bootstrap_nodes.txt"
+    if local.exists():
+        return load_bootstrap(local)
+    if PACKAGE_BOOTSTRAP.exists():
+        return load_bootstrap(PACKAGE_BOOTSTRAP)
+    return []
+
+
+class NodeService:
+    """A running node (long-lived with :meth:`serve_forever`, or a
+    short-lived client: ``async with NodeService(dir, ephemeral=True)``)."""
+
+    def __init__(self, data_dir: Path, *, ephemeral: bool = False,
+                 extra_seeds: list[Seed] | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.config = load_config(self.data_dir)
+        self.identity = Identity.load(self.data_dir / KEY_NAME)
+        self.ephemeral = ephemeral
+        self.extra_seeds = extra_seeds or []
+        self.clock = wall_clock
+        self.rng = random.SystemRandom()
+        dcfg = DHTConfig(difficulty=self.config["difficulty"],
+                         diversity=bool(self.config.get("diversity", True)))
+        self.dht = DHTNode(self.identity, config=dcfg, rng=self.rng, now=self.clock())
+        self.driver: DatagramDriver | None = None
+        self.address: tuple[str, int] | None = None
+        self.control: ControlServer | None = None
+        self._stop = asyncio.Event()
+        self._saver: asyncio.Task[None] | None = None
+        self.joined = False
+        self.join_error: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.ephemeral and is_running(self.data_dir):
+            raise ConfigError(f"a node is already running on {self.data_dir}")
+        self._load_state()
+        port = 0 if self.ephemeral else self.config["port"]
+        try:
+            self.driver, self.address = await open_udp(self.dht, self.config["host"], port,
+                                                       self.clock)
+        except OSError as exc:
+            raise ConfigError(f"cannot bind UDP {self.config['host']}:{port}: {exc.strerror}") from exc
+        if not self.ephemeral:
+            if self.config["port"] == 0:
+                # keep the port the OS chose so peers find us after a restart
+                self.config["port"] = self.address[1]
+                atomic_write(self.data_dir / CONFIG_NAME,
+                             (json.dumps(self.config, indent=2) + "\n").encode())
+            self.control = ControlServer(self.data_dir, self._handlers())
+            await self.control.start()
+            atomic_write(self.data_dir / PID_NAME, f"{os.getpid()}\n".encode())
+            self._saver = asyncio.create_task(self._save_loop())
+        log.info("node %s listening on %s", self.identity.node_id.hex(),
+                 format_address(self.address))
+
+    async def join(self, timeout: float = 30.0) -> int:
+        seeds = [s for s in seeds_for(self.data_dir, self.config) + self.extra_seeds
+                 if s[1] != self.identity.node_id and s[0] != self.address]
+        assert self.driver is not None
+        op = self.driver.call(lambda now: self.dht.join(seeds, now))
+        try:
+            n = await wait_op(op, timeout)
+        except NoPeers as exc:
+            self.join_error = str(exc)
+            if not seeds:
+                # the first node of a network has nobody to join: that's fine
+                self.joined = True
+                return 0
+            raise
+        self.joined = True
+        self.join_error = None
+        return n
+
+    async def serve_forever(self) -> None:
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        if self._saver is not None:
+            self._saver.cancel()
+        self.save_state()
+        if self.control is not None:
+            await self.control.close()
+        if self.driver is not None:
+            self.driver.close()
+        if not self.ephemeral:
+            try:
+                (self.data_dir / PID_NAME).unlink()
+            except OSError:
+                pass
+
+    async def __aenter__(self) -> "NodeService":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    # -- state ----------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        path = self.data_dir / STATE_NAME
+        if not path.exists():
+            return
+        try:
+            raw = path.read_bytes()
+            snap = unpack_bounded(raw, MAX_STATE_BYTES, 1 << 20)
+        except (OSError, RemoteProtocolError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+            return
+        self.dht.restore(snap, self.clock())
+
+    def save_state(self) -> None:
+        atomic_write(self.data_dir / STATE_NAME, pack(self.dht.snapshot()), mode=0o600)
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL)
+            try:
+                self.save_state()
+            except OSError as exc:
+                log.error("cannot save state: %s", exc)
+
+    # -- operations (also the control socket's table) ---------------------------
+
+    def status(self) -> dict[str, Any]:
+        st = self.dht.status()
+        counters = st["counters"]
+        st.update({
+            "address": format_address(self.address) if self.address else None,
+            "data": str(self.data_dir),
+            "pid": os.getpid(),
+            "joined": self.joined,
+            "join_error": self.join_error,
+            "capacity": self.config["capacity"],
+            "dropped": sum(v for k, v in counters.items() if k.startswith("dropped_")),
+            "uptime": self.clock() - self.dht.started,
+        })
+        return st
+
+    async def dht_put(self, key: str, value: bytes, ttl: int = 24 * 3600) -> dict[str, Any]:
+        assert self.driver is not None
+        now = self.clock()
+        rec = new_record(self.identity, "text", dht_key(key), value, now, ttl=ttl)
+        op = self.driver.call(lambda t: self.dht.publish(rec, t))
+        acks = await wait_op(op, 60)
+        self.save_state()
+        return {"key": key, "dht_key": rec.key.hex(), "stored_at": acks, "seq": rec.seq}
+
+    async def dht_get(self, key: str) -> dict[str, Any]:
+        assert self.driver is not None
+        op = self.driver.call(lambda t: self.dht.get(dht_key(key), t))
+        res = await wait_op(op, 60)
+        recs = [{"signer": r.signer_id.hex(), "seq": r.seq, "expires": r.expires,
+                 "value": r.value.decode("utf-8", "replace")} for r in res.records]
+        return {"key": key, "value": recs[0]["value"], "records": recs, "hops": res.hops}
+
+    def _handlers(self) -> dict[str, Any]:
+        async def status(args: dict[str, Any]) -> Any:
+            return self.status()
+
+        async def dht_put(args: dict[str, Any]) -> Any:
+            key, value = args.get("key"), args.get("value")
+            if not isinstance(key, str) or not isinstance(value, (str, bytes)):
+                raise ConfigError("dht_put needs key (str) and value")
+            return await self.dht_put(key, value.encode() if isinstance(value, str) else value)
+
+        async def dht_get(args: dict[str, Any]) -> Any:
+            key = args.get("key")
+            if not isinstance(key, str):
+                raise ConfigError("dht_get needs key (str)")
+            return await self.dht_get(key)
+
+        async def stop(args: dict[str, Any]) -> Any:
+            asyncio.get_running_loop().call_later(0.05, self.request_stop)
+            return {"stopping": True}
+
+        return {"status": status, "dht_put": dht_put, "dht_get": dht_get, "stop": stop}
+
+
+async def run_node(data_dir: Path) -> None:
+    """`xcore node start`: run until SIGTERM/SIGINT or a control `stop`."""
+    import signal
+    svc = NodeService(data_dir)
+    await svc.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, svc.request_stop)
+    try:
+        try:
+            await svc.join()
+        except XcoreError as exc:
+            svc.join_error = str(exc)
+            log.warning("join failed: %s (will keep serving and retry)", exc)
+            asyncio.create_task(_rejoin(svc))
+        await svc.serve_forever()
+    finally:
+        await svc.stop()
+
+
+async def _rejoin(svc: NodeService) -> None:
+    delay = 2.0
+    while not svc.joined:
+        await asyncio.sleep(delay)
+        try:
+            await svc.join()
+        except XcoreError:
+            delay = min(delay * 2, 60.0)
