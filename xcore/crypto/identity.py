@@ -18,6 +18,7 @@ On-disk key file layout (msgpack map, written atomically with mode 0600)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -25,7 +26,6 @@ from typing import Callable
 
 import nacl.bindings
 import nacl.exceptions
-import nacl.hash
 import nacl.signing
 
 from xcore.codec import pack, unpack_bounded
@@ -64,12 +64,21 @@ def puzzle_ok(node_id: bytes, difficulty: int) -> bool:
     return leading_zero_bits(hashlib.sha256(PUZZLE_TAG + node_id).digest()) >= difficulty
 
 
+@functools.lru_cache(maxsize=65536)
+def _checked_id(pubkey: bytes, difficulty: int) -> bytes | None:
+    node_id = node_id_of(pubkey)
+    return node_id if puzzle_ok(node_id, difficulty) else None
+
+
 def check_pubkey(pubkey: bytes, difficulty: int) -> bytes:
-    """Return the node ID of ``pubkey`` or raise :class:`BadIdentity`."""
+    """Return the node ID of ``pubkey`` or raise :class:`BadIdentity`.
+
+    Pure, so results are memoised (every lookup response repeats keys).
+    """
     if not isinstance(pubkey, bytes) or len(pubkey) != PUBKEY_BYTES:
         raise BadIdentity("public key must be 32 bytes")
-    node_id = node_id_of(pubkey)
-    if not puzzle_ok(node_id, difficulty):
+    node_id = _checked_id(pubkey, difficulty)
+    if node_id is None:
         raise BadIdentity("node ID does not meet the ID puzzle")
     return node_id
 
@@ -87,8 +96,8 @@ def verify(pubkey: bytes, message: bytes, signature: bytes) -> None:
 
 
 def mac(key: bytes, message: bytes) -> bytes:
-    return nacl.hash.blake2b(message, digest_size=MAC_BYTES, key=key,
-                             encoder=nacl.encoding.RawEncoder)
+    """16-byte keyed BLAKE2b."""
+    return hashlib.blake2b(message, digest_size=MAC_BYTES, key=key).digest()
 
 
 class Identity:
