@@ -21,6 +21,7 @@ paper section 4.1). Replaced from that package, and why:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Callable
 
@@ -32,6 +33,7 @@ from xcore.crypto.identity import ID_BYTES
 ID_SPACE = 2**160
 
 
+@functools.lru_cache(maxsize=65536)
 def ip_group(host: str) -> str | None:
     """The diversity group of an address (/24 or /48), None if exempt."""
     try:
