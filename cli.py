@@ -184,6 +184,190 @@ def dht_get(data: Path, key: str, as_json: bool) -> None:
     emit(res, as_json, lambda r: r["value"])
 
 
+# -- owner keys and files ----------------------------------------------------
+
+
+def _passphrase(confirm: bool = False) -> str:
+    from xcore.client.keys import get_passphrase
+    return get_passphrase(prompt=lambda p: click.prompt(p.rstrip(": "), hide_input=True,
+                                                        default="", show_default=False),
+                          confirm=confirm)
+
+
+@main.group(cls=XcoreGroup)
+def keys() -> None:
+    """The owner's keys: a 24-word mnemonic, kept sealed under a passphrase."""
+
+
+@keys.command("new")
+@data_option
+@click.option("--force", is_flag=True, help="Replace an existing keystore.")
+@json_option
+def keys_new(data: Path, force: bool, as_json: bool) -> None:
+    """Create owner keys; prints the mnemonic once: write it down."""
+    import secrets
+    from xcore.client.keys import argon2_params_from_env, create_keystore
+    words = create_keystore(data, _passphrase(confirm=True), token_bytes=secrets.token_bytes,
+                            params=argon2_params_from_env(), force=force)
+    emit({"mnemonic": words, "data": str(data)}, as_json,
+         lambda r: "Your recovery phrase (the only way back to your files):\n\n  " + r["mnemonic"])
+
+
+@keys.command("import")
+@data_option
+@click.option("--force", is_flag=True, help="Replace an existing keystore.")
+@json_option
+def keys_import(data: Path, force: bool, as_json: bool) -> None:
+    """Read a mnemonic from stdin and keep it sealed in DATA."""
+    import secrets
+    from xcore.client.keys import argon2_params_from_env, import_keystore
+    words = sys.stdin.readline().strip()
+    import_keystore(data, words, _passphrase(), token_bytes=secrets.token_bytes,
+                    params=argon2_params_from_env(), force=force)
+    emit({"imported": True, "data": str(data)}, as_json, lambda r: "keys imported")
+
+
+bootstrap_option = click.option("--bootstrap", multiple=True,
+                                help="Seed node HOST:PORT [ID] when no node runs on DATA.")
+
+
+class _Progress:
+    """A one-line progress display on a terminal (nothing otherwise)."""
+
+    def __init__(self, enabled: bool) -> None:
+        import time
+        self.enabled = enabled and sys.stderr.isatty()
+        self.start = time.monotonic()
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        if not self.enabled or not isinstance(p, dict):
+            return
+        import time
+        done, total = int(p.get("done", 0)), max(1, int(p.get("total", 1)))
+        rate = done / max(1e-9, time.monotonic() - self.start) / 1e6
+        bar = "#" * int(30 * done / total)
+        sys.stderr.write(f"\r{p.get('op', '')} [{bar:<30}] {100 * done // total:3d}% {rate:7.1f} MB/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+async def _client_op(data: Path, op: str, args: dict[str, Any], seeds: tuple[str, ...],
+                     progress: Any) -> Any:
+    """Run a data-path op on the node running on DATA, or as a short-lived client."""
+    from xcore.client.keys import load_owner_keys
+    from xcore.control import call, is_running
+    keys = load_owner_keys(data, _passphrase())
+    args = dict(args, master=keys.master)
+    if is_running(data):
+        return await call(data, op, args, timeout=300, on_progress=progress)
+    from xcore.bootstrap import parse_seed
+    from xcore.client.files import Client, parse_file_id
+    from xcore.node import CONFIG_NAME, NodeService, init_node
+    from xcore.shard.erasure import Redundancy
+    if not (data / CONFIG_NAME).exists():
+        init_node(data, capacity=0, bootstrap=list(seeds), difficulty=_difficulty())
+    async with NodeService(data, ephemeral=True,
+                           extra_seeds=[parse_seed(s) for s in seeds]) as svc:
+        await svc.join()
+        client = Client(svc, keys)
+        try:
+            if op == "put":
+                return await client.put(Path(args["path"]), Redundancy.parse(args["redundancy"]),
+                                        name=args.get("name"), progress=progress)
+            if op == "get":
+                return await client.get(parse_file_id(args["file_id"]), Path(args["out"]),
+                                        progress=progress)
+            if op == "ls":
+                return await client.ls()
+            if op == "rm":
+                return await client.rm(parse_file_id(args["file_id"]))
+            raise click.UsageError(op)
+        finally:
+            client.close()
+
+
+def _difficulty() -> int:
+    import os
+    from xcore.node import DEFAULT_DIFFICULTY
+    return int(os.environ.get("XCORE_DIFFICULTY", DEFAULT_DIFFICULTY))
+
+
+@main.command("put")
+@data_option
+@click.option("--redundancy", default="4/8", show_default=True, help="k/n erasure code; 1/3 = three mirrors.")
+@click.option("--name", default=None, help="Name to list the file under (default: its file name).")
+@bootstrap_option
+@json_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def put_cmd(data: Path, redundancy: str, name: str | None, bootstrap: tuple[str, ...],
+            as_json: bool, file: Path) -> None:
+    """Encrypt FILE, spread it over hosts, and list it in your index."""
+    from xcore.shard.erasure import Redundancy
+    Redundancy.parse(redundancy)
+    bar = _Progress(not as_json)
+    try:
+        res = run_async(_client_op(data, "put", {"path": str(file.resolve()), "redundancy": redundancy,
+                                                 "name": name}, bootstrap, bar))
+    finally:
+        bar.close()
+    emit(res, as_json, lambda r: f"{r['file_id']}  {r['name']}  {r['size']} bytes  "
+                                 f"{r['segments']} segments at {r['redundancy']}  {r['mb_per_s']} MB/s")
+
+
+@main.command("get")
+@data_option
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@bootstrap_option
+@json_option
+@click.argument("file_id")
+def get_cmd(data: Path, out: Path, bootstrap: tuple[str, ...], as_json: bool, file_id: str) -> None:
+    """Fetch FILE_ID, check every share, decrypt it to OUT."""
+    bar = _Progress(not as_json)
+    try:
+        res = run_async(_client_op(data, "get", {"file_id": file_id, "out": str(out.resolve())},
+                                   bootstrap, bar))
+    finally:
+        bar.close()
+    emit(res, as_json, lambda r: f"{r['out']}  {r['size']} bytes  sha256 {r['sha256']}  {r['mb_per_s']} MB/s")
+
+
+@main.command("ls")
+@data_option
+@bootstrap_option
+@json_option
+def ls_cmd(data: Path, bootstrap: tuple[str, ...], as_json: bool) -> None:
+    """List your files (works from any machine that has your mnemonic)."""
+    res = run_async(_client_op(data, "ls", {}, bootstrap, None))
+    emit(res, as_json, lambda rows: "\n".join(f"{r['file_id']}  {r['size']:>12}  {r['name']}"
+                                              for r in rows) or "(no files)")
+
+
+@main.command("rm")
+@data_option
+@bootstrap_option
+@json_option
+@click.argument("file_id")
+def rm_cmd(data: Path, bootstrap: tuple[str, ...], as_json: bool, file_id: str) -> None:
+    """Remove FILE_ID from your index and tell its hosts to drop its shares."""
+    res = run_async(_client_op(data, "rm", {"file_id": file_id}, bootstrap, None))
+    emit(res, as_json, lambda r: f"removed {r['name']} ({r['shares_deleted']} shares deleted)")
+
+
+@main.command("hosts")
+@data_option
+@json_option
+def hosts_cmd(data: Path, as_json: bool) -> None:
+    """Known hosts with capacity, latency, uptime and selection score."""
+    from xcore.control import call
+    rows = run_async(call(data, "hosts"))
+    emit(rows, as_json, lambda rs: "\n".join(
+        f"{r['node_id'][:16]}  {r['address']:>21}  free {r['free']:>12}  "
+        f"lat {r['latency_ms']} ms  up {r['uptime']} s  score {r['score']}" for r in rs))
+
+
 # -- devnet ---------------------------------------------------------------
 
 

@@ -5,7 +5,9 @@ only the node's owner can drive it). Frames are a 4-byte big-endian length
 then a msgpack map; at most :data:`MAX_FRAME` bytes.
 
 Request:  ``{"op": str, "args": map}``
-Response: ``{"ok": true, "result": any}`` or ``{"ok": false, "error": str, "type": str}``
+Response: ``{"ok": true, "result": any}`` or ``{"ok": false, "error": str, "type": str}``,
+optionally preceded by any number of ``{"progress": any}`` frames for long
+operations (handlers that accept a ``progress`` keyword get a callback).
 
 Operations are looked up in a table the node registers; a name that is not
 in it gets an error, never an attribute lookup.
@@ -26,7 +28,7 @@ from xcore.errors import ConfigError, NodeNotRunning, RemoteProtocolError, Xcore
 log = logging.getLogger(__name__)
 MAX_FRAME = 1 << 20
 SOCKET_NAME = "control.sock"
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+Handler = Callable[..., Awaitable[Any]]
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -83,12 +85,14 @@ class ControlServer:
                 except RemoteProtocolError as exc:
                     write_frame(writer, {"ok": False, "error": str(exc), "type": "RemoteProtocolError"})
                     return
-                write_frame(writer, await self._dispatch(req))
+                def progress(obj: Any) -> None:
+                    write_frame(writer, {"progress": obj})
+                write_frame(writer, await self._dispatch(req, progress))
                 await writer.drain()
         finally:
             writer.close()
 
-    async def _dispatch(self, req: Any) -> dict[str, Any]:
+    async def _dispatch(self, req: Any, progress: Callable[[Any], None]) -> dict[str, Any]:
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
             return {"ok": False, "error": "malformed request", "type": "RemoteProtocolError"}
         handler = self.handlers.get(req["op"])
@@ -98,6 +102,8 @@ class ControlServer:
         if not isinstance(args, dict):
             return {"ok": False, "error": "args must be a map", "type": "RemoteProtocolError"}
         try:
+            if getattr(handler, "wants_progress", False):
+                return {"ok": True, "result": await handler(args, progress=progress)}
             return {"ok": True, "result": await handler(args)}
         except XcoreError as exc:
             return {"ok": False, "error": str(exc), "type": type(exc).__name__}
@@ -105,6 +111,12 @@ class ControlServer:
             log.exception("control op %s failed", req["op"])
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}",
                     "type": "InternalError"}
+
+
+def with_progress(fn: Handler) -> Handler:
+    """Mark a handler as taking a ``progress`` callback."""
+    fn.wants_progress = True  # type: ignore[attr-defined]
+    return fn
 
 
 class ControlError(XcoreError):
@@ -116,7 +128,7 @@ class ControlError(XcoreError):
 
 
 async def call(data_dir: Path, op: str, args: dict[str, Any] | None = None,
-               timeout: float = 120.0) -> Any:
+               timeout: float = 120.0, on_progress: Callable[[Any], None] | None = None) -> Any:
     """Send one request to the node running on ``data_dir``."""
     path = socket_path(data_dir)
     try:
@@ -126,7 +138,13 @@ async def call(data_dir: Path, op: str, args: dict[str, Any] | None = None,
     try:
         write_frame(writer, {"op": op, "args": args or {}})
         await writer.drain()
-        resp = await asyncio.wait_for(read_frame(reader), timeout)
+        while True:
+            resp = await asyncio.wait_for(read_frame(reader), timeout)
+            if isinstance(resp, dict) and "progress" in resp and "ok" not in resp:
+                if on_progress is not None:
+                    on_progress(resp["progress"])
+                continue
+            break
     except asyncio.IncompleteReadError as exc:
         raise NodeNotRunning(f"the node on {data_dir} closed the connection") from exc
     finally:

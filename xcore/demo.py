@@ -20,6 +20,7 @@ from pathlib import Path
 
 from xcore.control import call
 from xcore.devnet import down, up
+from xcore.node import DEFAULT_DIFFICULTY
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     directory = args.dir or Path(tempfile.mkdtemp(prefix="xcore-demo-"))
     t0 = time.monotonic()
     print(f"== starting {args.nodes} nodes in {directory}")
-    info = up(directory, args.nodes, difficulty=8, timeout=120,
+    info = up(directory, args.nodes, difficulty=DEFAULT_DIFFICULTY, timeout=120,
               progress=lambda m: print("  " + m))
     nodes = info["nodes"]
     try:

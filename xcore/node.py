@@ -27,13 +27,16 @@ from typing import Any
 
 from xcore.bootstrap import Seed, format_address, load_bootstrap, parse_seed
 from xcore.codec import pack, unpack_bounded
-from xcore.control import ControlServer, is_running
+from xcore.control import ControlServer, is_running, with_progress
 from xcore.crypto.identity import Identity
 from xcore.dht.protocol import DHTConfig, DHTNode, new_record
 from xcore.dht.records import dht_key
 from xcore.errors import ConfigError, NoPeers, RemoteProtocolError, XcoreError
 from xcore.fsutil import atomic_write
+import xcore.kinds  # noqa: F401  registers every record kind this node accepts
+from xcore.contracts.hosts import host_record, loc_key, loc_record
 from xcore.net.aio import DatagramDriver, open_udp, wait_op, wall_clock
+from xcore.shard.host import HostService
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ PID_NAME = "node.pid"
 CONFIG_VERSION = 1
 DEFAULT_DIFFICULTY = 12
 SAVE_INTERVAL = 30.0
+ANNOUNCE_INTERVAL = 60.0
 MAX_STATE_BYTES = 256 << 20
 PACKAGE_BOOTSTRAP = Path(__file__).resolve().parent.parent / "bootstrap_nodes.txt"
 
@@ -149,6 +153,9 @@ class NodeService:
         self._saver: asyncio.Task[None] | None = None
         self.joined = False
         self.join_error: str | None = None
+        self.host: HostService | None = None
+        self.tcp_address: tuple[str, int] | None = None
+        self._announcer: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -163,6 +170,11 @@ class NodeService:
         except OSError as exc:
             raise ConfigError(f"cannot bind UDP {self.config['host']}:{port}: {exc.strerror}") from exc
         if not self.ephemeral:
+            self.host = HostService(self.data_dir, self.identity, self.config["capacity"],
+                                    clock=self.clock, token_bytes=secrets.token_bytes)
+            self.host.on_stored = self._share_stored
+            self.host.on_deleted = self._share_deleted
+            self.tcp_address = await self.host.start(self.config["host"], self.address[1])
             if self.config["port"] == 0:
                 # keep the port the OS chose so peers find us after a restart
                 self.config["port"] = self.address[1]
@@ -172,6 +184,7 @@ class NodeService:
             await self.control.start()
             atomic_write(self.data_dir / PID_NAME, f"{os.getpid()}\n".encode())
             self._saver = asyncio.create_task(self._save_loop())
+            self._announcer = asyncio.create_task(self._announce_loop())
         log.info("node %s listening on %s", self.identity.node_id.hex(),
                  format_address(self.address))
 
@@ -200,8 +213,11 @@ class NodeService:
         self._stop.set()
 
     async def stop(self) -> None:
-        if self._saver is not None:
-            self._saver.cancel()
+        for task in (self._saver, self._announcer):
+            if task is not None:
+                task.cancel()
+        if self.host is not None:
+            await self.host.close()
         self.save_state()
         if self.control is not None:
             await self.control.close()
@@ -219,6 +235,36 @@ class NodeService:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
+
+    # -- hosting ------------------------------------------------------------
+
+    def announce(self) -> None:
+        """Publish (or refresh) this node's host record."""
+        if self.host is None or self.tcp_address is None or self.driver is None:
+            return
+        now = self.clock()
+        rec = host_record(self.identity, self.tcp_address, self.config["capacity"],
+                          self.host.store.free, self.dht.started, now)
+        self.driver.call(lambda t: self.dht.publish(rec, t))
+
+    async def _announce_loop(self) -> None:
+        last_free = -1
+        while True:
+            if self.joined and self.host is not None:
+                free = self.host.store.free
+                if free != last_free:
+                    self.announce()
+                    last_free = free
+            await asyncio.sleep(ANNOUNCE_INTERVAL if last_free >= 0 else 0.5)
+
+    def _share_stored(self, share_hash: bytes) -> None:
+        if self.driver is None or self.tcp_address is None:
+            return
+        rec = loc_record(self.identity, share_hash, self.tcp_address, self.clock())
+        self.driver.call(lambda t: self.dht.publish(rec, t))
+
+    def _share_deleted(self, share_hash: bytes) -> None:
+        self.dht.unpublish("loc", loc_key(share_hash))
 
     # -- state ----------------------------------------------------------------
 
@@ -259,6 +305,8 @@ class NodeService:
             "capacity": self.config["capacity"],
             "dropped": sum(v for k, v in counters.items() if k.startswith("dropped_")),
             "uptime": self.clock() - self.dht.started,
+            "tcp_address": format_address(self.tcp_address) if self.tcp_address else None,
+            "host": self.host.stats() if self.host else None,
         })
         return st
 
@@ -299,7 +347,56 @@ class NodeService:
             asyncio.get_running_loop().call_later(0.05, self.request_stop)
             return {"stopping": True}
 
-        return {"status": status, "dht_put": dht_put, "dht_get": dht_get, "stop": stop}
+        def client_for(args: dict[str, Any]) -> Any:
+            from xcore.client.files import Client
+            from xcore.client.keys import OwnerKeys
+            master = args.get("master")
+            if not isinstance(master, bytes) or len(master) != 32:
+                raise ConfigError("this operation needs the owner's master secret")
+            return Client(self, OwnerKeys(master))
+
+        @with_progress
+        async def put(args: dict[str, Any], progress: Any = None) -> Any:
+            from xcore.shard.erasure import Redundancy
+            client = client_for(args)
+            try:
+                return await client.put(Path(str(args.get("path"))),
+                                        Redundancy.parse(str(args.get("redundancy", "4/8"))),
+                                        name=args.get("name"), progress=progress)
+            finally:
+                client.close()
+
+        @with_progress
+        async def get(args: dict[str, Any], progress: Any = None) -> Any:
+            from xcore.client.files import parse_file_id
+            client = client_for(args)
+            try:
+                return await client.get(parse_file_id(str(args.get("file_id"))),
+                                        Path(str(args.get("out"))), progress=progress)
+            finally:
+                client.close()
+
+        async def ls(args: dict[str, Any]) -> Any:
+            client = client_for(args)
+            try:
+                return await client.ls()
+            finally:
+                client.close()
+
+        async def rm(args: dict[str, Any]) -> Any:
+            from xcore.client.files import parse_file_id
+            client = client_for(args)
+            try:
+                return await client.rm(parse_file_id(str(args.get("file_id"))))
+            finally:
+                client.close()
+
+        async def hosts(args: dict[str, Any]) -> Any:
+            from xcore.client.files import host_table
+            return await host_table(self)
+
+        return {"status": status, "dht_put": dht_put, "dht_get": dht_get, "stop": stop,
+                "put": put, "get": get, "ls": ls, "rm": rm, "hosts": hosts}
 
 
 async def run_node(data_dir: Path) -> None:

@@ -57,7 +57,7 @@ from xcore.dht.messages import (
     decode_datagram, encode_datagram, encode_payload, RESPONSE_FOR,
 )
 from xcore.dht.operation import Operation
-from xcore.dht.records import Record, RecordStore, best_per_signer
+from xcore.dht.records import Record, RecordStore, best_per_signer, kind_spec
 from xcore.dht.routing import Contact, RoutingTable
 from xcore.errors import (
     BadIdentity, BadSignature, LookupFailed, NoPeers, NotFound, RecordRejected,
@@ -418,10 +418,14 @@ class DHTNode:
         self._store_at_closest(record, now, op, local)
         return op
 
-    def publish(self, identity_record: Record, now: float) -> Operation[int]:
-        """Put a record of ours and keep it alive (re-signed before expiry)."""
-        self.published[(identity_record.kind, identity_record.key)] = identity_record
-        return self.put(identity_record, now)
+    def publish(self, record: Record, now: float) -> Operation[int]:
+        """Put a record and keep it alive: our own records are re-signed with a
+        fresh expiry before they expire; others' are republished until then."""
+        self.published[(record.kind, record.key)] = record
+        return self.put(record, now)
+
+    def unpublish(self, kind: str, key: bytes) -> None:
+        self.published.pop((kind, key), None)
 
     # -- internals: sending ---------------------------------------------------
 
@@ -719,9 +723,16 @@ class DHTNode:
             self.find_node(self._random_id_in(b.range), now)
         # re-sign our own records before they expire
         for k, rec in list(self.published.items()):
-            if rec.expires - now < cfg.record_ttl - cfg.republish_interval:
+            if rec.expires <= now:
+                del self.published[k]
+                continue
+            if rec.signer_pubkey != self.identity.pubkey:
+                continue  # someone else's record (an owner's): held and republished, not re-signed
+            spec = kind_spec(rec.kind)
+            ttl = min(cfg.record_ttl, spec.max_ttl) if spec else cfg.record_ttl
+            if rec.expires - now < ttl - cfg.republish_interval:
                 fresh = Record.create(self.identity, rec.kind, rec.key, rec.value, rec.seq,
-                                      int(now) + cfg.record_ttl)
+                                      int(now) + ttl)
                 self.published[k] = fresh
                 self.put(fresh, now)
         # hourly republish of records we hold, skipping those that arrived recently

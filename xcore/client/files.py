@@ -1,0 +1,531 @@
+"""The client's data path: put, get, ls and rm of whole files.
+
+put: plaintext is read a segment at a time (k x 2 MiB), encrypted with
+AES-256-CTR under a per-file key (HKDF of the owner's master secret and a
+random file ID), erasure-coded into n shares (zfec), each share hashed
+(SHA-256 names it; a Merkle root over its 64 KiB blocks is kept for audits)
+and uploaded to its own host, chosen by :mod:`xcore.contracts.selection`.
+Failed uploads move to another host (long tail). Two segments are in flight
+at once, so memory stays bounded (about 2 x (k + n) x 2 MiB) whatever the
+file size. The manifest (name, size, segments, share hashes and hosts) is
+sealed with the owner's key, stored mirrored on three hosts, and listed in the
+owner's index, itself a sealed blob that a signed DHT record points to.
+
+get: the manifest is fetched and opened, then for each segment k + 1 shares
+are requested in parallel from their hosts (fastest first); every share is
+checked against its SHA-256; a failure or mismatch counts against that host
+and the next holder is tried (including holders found through ``loc``
+records). k good shares are decoded, decrypted and appended to a temporary
+file that is renamed over the output only when complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import time as _time  # only for throughput figures shown to the user
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from xcore.client.index import (
+    Index, IndexEntry, IndexPointer, best_index_record, index_key, make_index_record,
+    open_index, read_index_record, seal_index,
+)
+from xcore.client.keys import OwnerKeys
+from xcore.client.manifest import Manifest, SegmentRef, ShareRef, open_manifest, seal_manifest
+from xcore.contracts.hosts import HOST_SHARDS, HostInfo, host_shard_key, loc_address, loc_key
+from xcore.contracts.selection import select_hosts
+from xcore.crypto.merkle import MerkleTree
+from xcore.crypto.stream import CtrStream
+from xcore.dht.records import Record
+from xcore.errors import (
+    CapacityExceeded, LookupFailed, NotEnoughShares, NotFound, ShareCorrupted, XcoreError,
+)
+from xcore.shard.erasure import Redundancy, decode_segment, encode_segment, segment_size
+from xcore.shard.transfer import Grant, HostConnection
+
+GRANT_TERM = 365 * 24 * 3600
+INDEX_TTL = 30 * 24 * 3600
+BLOB_COPIES = 3
+MAX_BLOB = 2 * 1024 * 1024
+Progress = Callable[[dict[str, Any]], None]
+
+
+class NotEnoughHosts(CapacityExceeded):
+    """Not enough hosts with free space are known to place every share."""
+
+
+@dataclass
+class HostStats:
+    failures: dict[bytes, int] = field(default_factory=dict)
+    successes: dict[bytes, int] = field(default_factory=dict)
+
+    def fail(self, host_id: bytes) -> None:
+        self.failures[host_id] = self.failures.get(host_id, 0) + 1
+
+    def ok(self, host_id: bytes) -> None:
+        self.successes[host_id] = self.successes.get(host_id, 0) + 1
+
+
+class Client:
+    """Runs the data path on top of a started, joined :class:`NodeService`."""
+
+    def __init__(self, svc: Any, keys: OwnerKeys, *, rng: random.Random | None = None,
+                 token_bytes: Callable[[int], bytes] = os.urandom,
+                 parallel_segments: int = 2, timeout: float = 30.0) -> None:
+        self.svc = svc
+        self.keys = keys
+        self.rng = rng or random.SystemRandom()
+        self.token_bytes = token_bytes
+        self.parallel_segments = parallel_segments
+        self.timeout = timeout
+        self.stats = HostStats()
+        self._conns: dict[bytes, HostConnection] = {}
+        self._conn_locks: dict[bytes, asyncio.Lock] = {}
+        self._hosts: list[HostInfo] | None = None
+
+    # -- plumbing --------------------------------------------------------------
+
+    def now(self) -> float:
+        return float(self.svc.clock())
+
+    async def dht_get(self, key: bytes) -> list[Record]:
+        from xcore.net.aio import wait_op
+        op = self.svc.driver.call(lambda t: self.svc.dht.get(key, t))
+        try:
+            return list((await wait_op(op, 60)).records)
+        except NotFound:
+            return []
+
+    async def dht_publish(self, rec: Record) -> int:
+        from xcore.net.aio import wait_op
+        op = self.svc.driver.call(lambda t: self.svc.dht.publish(rec, t))
+        return int(await wait_op(op, 60))
+
+    async def hosts(self, refresh: bool = False) -> list[HostInfo]:
+        """Every host announced in the DHT (newest announcement per host)."""
+        if self._hosts is not None and not refresh:
+            return self._hosts
+        shards = await asyncio.gather(*(self.dht_get(host_shard_key(i)) for i in range(HOST_SHARDS)))
+        best: dict[bytes, HostInfo] = {}
+        for recs in shards:
+            for rec in recs:
+                if rec.kind != "host":
+                    continue
+                try:
+                    h = HostInfo.from_record(rec)
+                except XcoreError:
+                    continue
+                cur = best.get(h.node_id)
+                if cur is None or h.seen > cur.seen:
+                    best[h.node_id] = h
+        self._hosts = sorted(best.values(), key=lambda h: h.node_id)
+        return self._hosts
+
+    def rtt(self, host_id: bytes) -> float | None:
+        c = self.svc.dht.routing.get(host_id)
+        return c.rtt if c is not None else None
+
+    def reputation(self, host_id: bytes) -> float:
+        fails = self.stats.failures.get(host_id, 0)
+        return 1.0 / (1.0 + fails)
+
+    async def connect(self, host_id: bytes, addr: tuple[str, int]) -> HostConnection:
+        lock = self._conn_locks.setdefault(host_id, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(host_id)
+            if conn is not None and not conn.broken:
+                return conn
+            conn = await HostConnection.connect(addr, self.svc.identity, host_id,
+                                                self.token_bytes, self.timeout)
+            self._conns[host_id] = conn
+            return conn
+
+    def close(self) -> None:
+        for c in self._conns.values():
+            c.close()
+        self._conns.clear()
+
+    async def _upload(self, host: HostInfo, share_hash: bytes, data: bytes) -> None:
+        conn = await self.connect(host.node_id, host.addr)
+        grant = Grant.create(self.keys.signing, share_hash, host.node_id,
+                             int(self.now()) + GRANT_TERM)
+        await conn.put_share(share_hash, data, grant)
+
+    async def _download(self, host_id: bytes, addr: tuple[str, int], share_hash: bytes) -> bytes:
+        conn = await self.connect(host_id, addr)
+        data = await conn.get_share(share_hash)
+        if hashlib.sha256(data).digest() != share_hash:
+            raise ShareCorrupted(f"share {share_hash.hex()[:16]} from {addr[0]}:{addr[1]} is corrupt")
+        return data
+
+    async def place(self, share_hash: bytes, data: bytes, candidates: list[HostInfo],
+                    avoid: set[bytes], attempts: int = 4) -> HostInfo:
+        """Upload one share to the first candidate that takes it."""
+        last: Exception | None = None
+        for _ in range(attempts):
+            pick = select_hosts(candidates, 1, rng=self.rng, now=self.now(), need_bytes=len(data),
+                                exclude=avoid, rtt=self.rtt, reputation=self.reputation)
+            if not pick:
+                break
+            host = pick[0]
+            avoid.add(host.node_id)
+            try:
+                await self._upload(host, share_hash, data)
+                self.stats.ok(host.node_id)
+                return host
+            except (XcoreError, OSError, asyncio.TimeoutError) as exc:
+                self.stats.fail(host.node_id)
+                last = exc
+        raise NotEnoughHosts(f"could not place share {share_hash.hex()[:16]}: {last or 'no host left'}")
+
+    # -- blobs (manifests, index) --------------------------------------------------
+
+    async def store_blob(self, blob: bytes) -> tuple[bytes, list[tuple[bytes, str]]]:
+        if len(blob) > MAX_BLOB:
+            raise CapacityExceeded(f"metadata blob of {len(blob)} bytes exceeds {MAX_BLOB}")
+        h = hashlib.sha256(blob).digest()
+        hosts = await self.hosts()
+        avoid: set[bytes] = set()
+        placed = await asyncio.gather(*(self.place(h, blob, hosts, avoid)
+                                        for _ in range(min(BLOB_COPIES, len(hosts)))),
+                                      return_exceptions=True)
+        where = [(p.node_id, f"{p.addr[0]}:{p.addr[1]}") for p in placed if isinstance(p, HostInfo)]
+        if not where:
+            raise NotEnoughHosts("no host took the metadata blob")
+        return h, where
+
+    async def fetch_blob(self, blob_hash: bytes, hosts: Iterable[tuple[bytes, str]]) -> bytes:
+        from xcore.bootstrap import parse_address
+        tried: set[bytes] = set()
+        listed = list(hosts)
+        for round_ in range(2):
+            if round_ == 1:  # the listed hosts failed: ask the DHT who holds it now
+                listed = await self.holders(blob_hash)
+            for host_id, addr in listed:
+                if host_id in tried:
+                    continue
+                tried.add(host_id)
+                try:
+                    data = await self._download(host_id, parse_address(addr), blob_hash)
+                    self.stats.ok(host_id)
+                    return data
+                except (XcoreError, OSError, asyncio.TimeoutError):
+                    self.stats.fail(host_id)
+        raise NotFound(f"no host could return blob {blob_hash.hex()[:16]}")
+
+    async def holders(self, share_hash: bytes) -> list[tuple[bytes, str]]:
+        """Hosts that announced holding ``share_hash`` (``loc`` records)."""
+        out = []
+        for rec in await self.dht_get(loc_key(share_hash)):
+            try:
+                a = loc_address(rec)
+            except XcoreError:
+                continue
+            out.append((rec.signer_id, f"{a[0]}:{a[1]}"))
+        return out
+
+    # -- index -------------------------------------------------------------------
+
+    async def read_index(self) -> tuple[Index, int, IndexPointer | None]:
+        recs = await self.dht_get(index_key(self.keys))
+        best = best_index_record(recs, self.keys)
+        if best is None:
+            return Index(()), 0, None
+        pointer = read_index_record(best, self.keys)
+        blob = await self.fetch_blob(pointer.blob_hash, pointer.hosts)
+        return open_index(blob, self.keys), best.seq, pointer
+
+    async def write_index(self, index: Index, seq: int, old: IndexPointer | None) -> None:
+        blob = seal_index(index, self.keys)
+        h, where = await self.store_blob(blob)
+        pointer = IndexPointer(h, len(blob), tuple(where))
+        seq = max(seq + 1, int(self.now() * 1000))
+        rec = make_index_record(self.keys, pointer, seq, self.now(), INDEX_TTL)
+        await self.dht_publish(rec)
+        if old is not None and old.blob_hash != h:
+            await self._delete_everywhere(old.blob_hash, old.hosts)
+
+    async def _delete_everywhere(self, share_hash: bytes, hosts: Iterable[tuple[bytes, str]]) -> int:
+        from xcore.bootstrap import parse_address
+        done = 0
+        for host_id, addr in hosts:
+            try:
+                conn = await self.connect(host_id, parse_address(addr))
+                await conn.delete_share(share_hash, self.keys.signing, int(self.now()))
+                done += 1
+            except (XcoreError, OSError, asyncio.TimeoutError):
+                continue
+        return done
+
+    # -- put -----------------------------------------------------------------------
+
+    async def put(self, path: Path, red: Redundancy, name: str | None = None,
+                  progress: Progress | None = None) -> dict[str, Any]:
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise NotFound(f"cannot read {path}: {exc.strerror}") from exc
+        started = _time.monotonic()
+        hosts = await self.hosts(refresh=True)
+        usable = [h for h in hosts if h.free > 0]
+        if len(usable) < red.n:
+            raise NotEnoughHosts(f"{len(usable)} hosts with free space are known; "
+                                 f"redundancy {red} needs {red.n}")
+        file_id = self.token_bytes(16)
+        key, nonce = self.keys.file_key(file_id)
+        ctr = CtrStream(key, nonce)
+        seg_len = segment_size(red)
+        segments: dict[int, SegmentRef] = {}
+        sem = asyncio.Semaphore(self.parallel_segments)
+        done = {"bytes": 0}
+        tasks: list[asyncio.Task[None]] = []
+
+        async def upload_segment(index: int, ciphertext: bytes) -> None:
+            try:
+                shares = encode_segment(ciphertext, red)
+                refs: list[ShareRef | None] = [None] * red.n
+                avoid: set[bytes] = set()
+                chosen = select_hosts(usable, red.n, rng=self.rng, now=self.now(),
+                                      need_bytes=len(shares[0]), rtt=self.rtt,
+                                      reputation=self.reputation)
+
+                async def one(i: int, data: bytes, first: HostInfo | None) -> None:
+                    h = hashlib.sha256(data).digest()
+                    root = MerkleTree.from_blocks(_blocks(data)).root
+                    host: HostInfo | None = None
+                    if first is not None:
+                        avoid.add(first.node_id)
+                        try:
+                            await self._upload(first, h, data)
+                            self.stats.ok(first.node_id)
+                            host = first
+                        except (XcoreError, OSError, asyncio.TimeoutError):
+                            self.stats.fail(first.node_id)
+                    if host is None:
+                        host = await self.place(h, data, usable, avoid)
+                    refs[i] = ShareRef(i, h, len(data), root, host.node_id,
+                                       f"{host.addr[0]}:{host.addr[1]}")
+                await asyncio.gather(*(one(i, s, chosen[i] if i < len(chosen) else None)
+                                       for i, s in enumerate(shares)))
+                segments[index] = SegmentRef(index, len(ciphertext),
+                                             tuple(r for r in refs if r is not None))
+                done["bytes"] += len(ciphertext)
+                if progress:
+                    progress({"op": "put", "done": done["bytes"], "total": size})
+            finally:
+                sem.release()
+
+        with open(path, "rb") as f:
+            index = 0
+            while True:
+                await sem.acquire()
+                chunk = f.read(seg_len)
+                if not chunk:
+                    sem.release()
+                    break
+                tasks.append(asyncio.create_task(upload_segment(index, ctr.update(chunk))))
+                index += 1
+                if len(chunk) < seg_len:
+                    break
+                # surface failures early instead of uploading the rest
+                for t in tasks:
+                    if t.done() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                raise
+        manifest = Manifest(1, file_id, name or path.name, size, int(self.now()), red.k, red.n,
+                            seg_len, tuple(segments[i] for i in range(len(segments))))
+        blob = seal_manifest(manifest, self.keys)
+        mhash, mhosts = await self.store_blob(blob)
+        index_doc, seq, old = await self.read_index()
+        entry = IndexEntry(file_id, manifest.name, size, manifest.created, mhash, tuple(mhosts),
+                           len(blob))
+        await self.write_index(index_doc.add(entry), seq, old)
+        elapsed = max(1e-9, _time.monotonic() - started)
+        return {"file_id": file_id.hex(), "name": manifest.name, "size": size,
+                "segments": len(segments), "shares": sum(len(s.shares) for s in segments.values()),
+                "redundancy": str(red), "seconds": round(elapsed, 3),
+                "mb_per_s": round(size / elapsed / 1e6, 2)}
+
+    # -- get -----------------------------------------------------------------------
+
+    async def find_entry(self, file_id: bytes) -> IndexEntry:
+        index_doc, _, _ = await self.read_index()
+        for e in index_doc.entries:
+            if e.file_id == file_id:
+                return e
+        raise NotFound(f"no file {file_id.hex()} in this owner's index")
+
+    async def manifest(self, entry: IndexEntry) -> Manifest:
+        blob = await self.fetch_blob(entry.manifest_hash, entry.manifest_hosts)
+        return open_manifest(blob, self.keys, entry.file_id)
+
+    async def fetch_segment(self, seg: SegmentRef, red: Redundancy) -> bytes:
+        from xcore.bootstrap import parse_address
+        queue: list[tuple[ShareRef, bytes, str]] = [(s, s.host_id, s.host_addr) for s in seg.shares]
+        queue.sort(key=lambda q: (self.stats.failures.get(q[1], 0), self.rtt(q[1]) or 0.2))
+        good: dict[int, bytes] = {}
+        tried: set[tuple[int, bytes]] = set()
+        asked_loc: set[int] = set()
+        running: dict[asyncio.Task[bytes], tuple[ShareRef, bytes]] = {}
+
+        def launch() -> bool:
+            """Start one download for a share index not yet good nor in flight."""
+            busy = {r.index for r, _ in running.values()}
+            queue[:] = [q for q in queue if q[0].index not in good and (q[0].index, q[1]) not in tried]
+            for j, (ref, host_id, addr) in enumerate(queue):
+                if ref.index in busy:
+                    continue
+                del queue[j]
+                tried.add((ref.index, host_id))
+                task = asyncio.create_task(self._download(host_id, parse_address(addr), ref.hash))
+                running[task] = (ref, host_id)
+                return True
+            return False
+
+        try:
+            while len(good) < red.k:
+                while len(running) < red.k + 1 - len(good) and launch():
+                    pass
+                if not running:
+                    # exhausted the manifest's hosts: ask the DHT who holds what is missing
+                    missing = [s for s in seg.shares if s.index not in good and s.index not in asked_loc]
+                    if not missing:
+                        break
+                    found = await asyncio.gather(*(self.holders(s.hash) for s in missing))
+                    for s, holders in zip(missing, found):
+                        asked_loc.add(s.index)
+                        for host_id, addr in holders:
+                            queue.append((s, host_id, addr))
+                    continue
+                finished, _ = await asyncio.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    ref, host_id = running.pop(task)
+                    try:
+                        good[ref.index] = task.result()
+                        self.stats.ok(host_id)
+                    except (XcoreError, OSError, asyncio.TimeoutError):
+                        self.stats.fail(host_id)
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        if len(good) < red.k:
+            raise NotEnoughShares(f"segment {seg.index}: only {len(good)} of {red.k} shares could be fetched")
+        return decode_segment(good, red, seg.length)
+
+    async def get(self, file_id: bytes, out: Path, progress: Progress | None = None) -> dict[str, Any]:
+        started = _time.monotonic()
+        entry = await self.find_entry(file_id)
+        man = await self.manifest(entry)
+        red = Redundancy(man.k, man.n)
+        key, nonce = self.keys.file_key(man.file_id)
+        ctr = CtrStream(key, nonce)
+        out = Path(out)
+        tmp = out.with_name(f".{out.name}.xcore-partial")
+        digest = hashlib.sha256()
+        written = 0
+        try:
+            with open(tmp, "wb") as f:
+                pending: list[asyncio.Task[bytes]] = []
+                segs = list(man.segments)
+                for i in range(min(self.parallel_segments, len(segs))):
+                    pending.append(asyncio.create_task(self.fetch_segment(segs[i], red)))
+                nxt = len(pending)
+                while pending:
+                    cipher = await pending.pop(0)
+                    if nxt < len(segs):
+                        pending.append(asyncio.create_task(self.fetch_segment(segs[nxt], red)))
+                        nxt += 1
+                    plain = ctr.update(cipher)
+                    f.write(plain)
+                    digest.update(plain)
+                    written += len(plain)
+                    if progress:
+                        progress({"op": "get", "done": written, "total": man.size})
+                f.flush()
+                os.fsync(f.fileno())
+            if written != man.size:
+                raise ShareCorrupted(f"rebuilt {written} bytes, manifest says {man.size}")
+            os.replace(tmp, out)
+        except BaseException:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
+        elapsed = max(1e-9, _time.monotonic() - started)
+        return {"file_id": file_id.hex(), "name": man.name, "size": man.size, "out": str(out),
+                "sha256": digest.hexdigest(), "seconds": round(elapsed, 3),
+                "mb_per_s": round(man.size / elapsed / 1e6, 2),
+                "host_failures": sum(self.stats.failures.values())}
+
+    # -- ls / rm ---------------------------------------------------------------------
+
+    async def ls(self) -> list[dict[str, Any]]:
+        index_doc, _, _ = await self.read_index()
+        return [{"file_id": e.file_id.hex(), "name": e.name, "size": e.size, "created": e.created}
+                for e in index_doc.entries]
+
+    async def rm(self, file_id: bytes) -> dict[str, Any]:
+        index_doc, seq, old = await self.read_index()
+        entry = next((e for e in index_doc.entries if e.file_id == file_id), None)
+        if entry is None:
+            raise NotFound(f"no file {file_id.hex()} in this owner's index")
+        man = await self.manifest(entry)
+        await self.write_index(index_doc.remove(file_id), seq, old)
+        deleted = 0
+        for seg in man.segments:
+            for s in seg.shares:
+                holders = [(s.host_id, s.host_addr)] + await self.holders(s.hash)
+                deleted += await self._delete_everywhere(s.hash, dict(holders).items())
+        deleted += await self._delete_everywhere(entry.manifest_hash, entry.manifest_hosts)
+        return {"file_id": file_id.hex(), "name": entry.name, "shares_deleted": deleted}
+
+
+def _blocks(data: bytes, size: int = 64 * 1024) -> Iterable[bytes]:
+    if not data:
+        yield b""
+        return
+    for off in range(0, len(data), size):
+        yield data[off:off + size]
+
+
+def parse_file_id(text: str) -> bytes:
+    try:
+        fid = bytes.fromhex(text)
+    except ValueError:
+        raise LookupFailed(f"bad file ID {text!r}: expected hex") from None
+    if len(fid) != 16:
+        raise LookupFailed(f"bad file ID {text!r}: expected 32 hex digits")
+    return fid
+
+
+async def host_table(svc: Any) -> list[dict[str, Any]]:
+    """Known hosts with what selection weighs (for `xcore hosts`)."""
+    from xcore.contracts.selection import host_weight
+    client = Client(svc, _NoKeys())  # type: ignore[arg-type]
+    now = client.now()
+    rows = []
+    for h in await client.hosts(refresh=True):
+        rtt = client.rtt(h.node_id)
+        rows.append({"node_id": h.node_id.hex(), "address": f"{h.addr[0]}:{h.addr[1]}",
+                     "capacity": h.capacity, "free": h.free,
+                     "uptime": max(0, int(now - h.since)),
+                     "latency_ms": None if rtt is None else round(rtt * 1000, 2),
+                     "score": round(host_weight(h, now, rtt, 1.0), 4)})
+    return sorted(rows, key=lambda r: -r["score"])
+
+
+class _NoKeys:
+    """Stands in for owner keys where none are needed (listing hosts)."""

@@ -1,0 +1,13 @@
+"""Every DHT record kind a node accepts, registered by importing this module.
+
+Each kind lives with the code that uses it; a node imports them all here so
+it stores records for any feature, including ones it does not use itself.
+"""
+
+from __future__ import annotations
+
+import xcore.client.index  # noqa: F401  "index": the owner's bucket index pointer
+import xcore.contracts.hosts  # noqa: F401  "host" announcements and "loc" share locations
+from xcore.dht.records import known_kinds
+
+__all__ = ["known_kinds"]

@@ -1,0 +1,291 @@
+"""The host side: serve the share store to authenticated peers over TCP.
+
+A host keeps shares (named by their SHA-256) in a :class:`ShareStore` within
+the capacity its operator offers, and remembers, per share, which owners hold
+a storage grant for it (``owners/<hash>`` files, msgpack ``{owner_pubkey:
+expires}``, written atomically). A share is deleted when its last owner asks
+for it (with a signed DELETE) or when every grant has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from xcore.codec import as_bytes, as_int, pack, unpack_bounded
+from xcore.crypto.identity import PUBKEY_BYTES, SIG_BYTES, Identity, verify
+from xcore.errors import (
+    BadSignature, CapacityExceeded, DiskFull, RemoteProtocolError, ShareCorrupted,
+    ShareNotFound, Timeout, XcoreError,
+)
+from xcore.fsutil import atomic_write
+from xcore.shard.store import ShareStore, share_name
+from xcore.shard.transfer import (
+    CHUNK, DATA, DELETE, E_BAD_REQUEST, E_BUSY, E_CAPACITY, E_CORRUPT, E_DISK_FULL,
+    E_NOT_FOUND, E_UNAUTHORIZED, ERR, GET, HASH_BYTES, MAX_FRAME, MAX_SHARE, OK, PUT,
+    READY, SIZE, STAT, FrameStream, Grant, delete_signing_bytes, server_handshake,
+)
+
+log = logging.getLogger(__name__)
+DELETE_SKEW = 600
+
+
+class HostService:
+    def __init__(self, data_dir: Path, identity: Identity, capacity: int, *,
+                 clock: Callable[[], float], token_bytes: Callable[[int], bytes],
+                 max_connections: int = 128, timeout: float = 30.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.identity = identity
+        self.capacity = capacity
+        self.clock = clock
+        self.token_bytes = token_bytes
+        self.store = ShareStore(self.data_dir / "shares", capacity)
+        self.owners_dir = self.data_dir / "owners"
+        self.owners_dir.mkdir(parents=True, exist_ok=True)
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self.connections = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.address: tuple[str, int] | None = None
+        self.counters: dict[str, int] = {}
+        self.on_stored: Callable[[bytes], None] | None = None
+        self.on_deleted: Callable[[bytes], None] | None = None
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        try:
+            self.server = await asyncio.start_server(self._serve, host, port, limit=MAX_FRAME * 2)
+        except OSError:
+            if port == 0:
+                raise
+            self.server = await asyncio.start_server(self._serve, host, 0, limit=MAX_FRAME * 2)
+        sock = self.server.sockets[0].getsockname()
+        self.address = (sock[0], sock[1])
+        return self.address
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    # -- owners -------------------------------------------------------------
+
+    def _owners_path(self, share_hash: bytes) -> Path:
+        name = share_name(share_hash)
+        return self.owners_dir / name[:2] / name
+
+    def owners(self, share_hash: bytes) -> dict[bytes, int]:
+        path = self._owners_path(share_hash)
+        try:
+            doc = unpack_bounded(path.read_bytes(), 1 << 20)
+        except (OSError, RemoteProtocolError):
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        return {k: v for k, v in doc.items() if isinstance(k, bytes) and isinstance(v, int)}
+
+    def _set_owners(self, share_hash: bytes, owners: dict[bytes, int]) -> None:
+        path = self._owners_path(share_hash)
+        if owners:
+            atomic_write(path, pack(owners))
+        else:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    def expire_grants(self) -> int:
+        """Drop shares whose every grant has expired. Returns shares deleted."""
+        now = self.clock()
+        dropped = 0
+        for h in self.store.list():
+            owners = {k: v for k, v in self.owners(h).items() if v > now}
+            if not owners:
+                self.store.delete(h)
+                self._set_owners(h, {})
+                dropped += 1
+                if self.on_deleted:
+                    self.on_deleted(h)
+            else:
+                self._set_owners(h, owners)
+        return dropped
+
+    def stats(self) -> dict[str, Any]:
+        st = self.store.stats()
+        st.update({"address": f"{self.address[0]}:{self.address[1]}" if self.address else None,
+                   "connections": self.connections, "counters": dict(sorted(self.counters.items()))})
+        return st
+
+    # -- serving ------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        fs = FrameStream(reader, writer, self.timeout)
+        if self.connections >= self.max_connections:
+            self._count("refused_busy")
+            try:
+                await fs.send(ERR, E_BUSY, "too many connections")
+            except XcoreError:
+                pass
+            fs.close()
+            return
+        self.connections += 1
+        try:
+            try:
+                peer = await server_handshake(fs, self.identity, self.token_bytes)
+            except (XcoreError, asyncio.TimeoutError):
+                self._count("handshakes_failed")
+                return
+            while True:
+                try:
+                    ftype, fields = await fs.recv()
+                except Timeout:
+                    return
+                except RemoteProtocolError as exc:
+                    if "closed" not in str(exc):
+                        self._count("bad_frames")
+                    return
+                try:
+                    await self._request(fs, peer, ftype, fields)
+                except RemoteProtocolError as exc:
+                    self._count("bad_requests")
+                    try:
+                        await fs.send(ERR, E_BAD_REQUEST, str(exc)[:200])
+                    except XcoreError:
+                        pass
+                    return
+        except (XcoreError, ConnectionError, asyncio.TimeoutError):
+            return
+        except Exception:
+            self._count("internal_errors")
+            log.exception("error serving a transfer connection")
+        finally:
+            self.connections -= 1
+            fs.close()
+
+    async def _request(self, fs: FrameStream, peer: bytes, ftype: int, f: list[Any]) -> None:
+        if ftype == PUT:
+            await self._put(fs, f)
+        elif ftype == GET:
+            await self._get(fs, f)
+        elif ftype == DELETE:
+            await self._delete(fs, f)
+        elif ftype == STAT:
+            st = self.store.stats()
+            await fs.send(OK, {"capacity": st["capacity"], "free": st["bytes_free"],
+                               "shares": st["shares"]})
+        else:
+            raise RemoteProtocolError(f"unknown request type {ftype}")
+
+    async def _put(self, fs: FrameStream, f: list[Any]) -> None:
+        if len(f) != 3:
+            raise RemoteProtocolError("PUT: expected 3 fields")
+        share_hash = as_bytes(f[0], "hash", size=HASH_BYTES)
+        size = as_int(f[1], "size", 0, MAX_SHARE)
+        grant = Grant.decode(f[2])
+        now = self.clock()
+        try:
+            if grant.share_hash != share_hash or grant.host_id != self.identity.node_id:
+                raise BadSignature("grant is for another share or host")
+            if grant.expires <= now:
+                raise BadSignature("grant has expired")
+            grant.verify()
+        except BadSignature as exc:
+            self._count("puts_unauthorized")
+            await fs.send(ERR, E_UNAUTHORIZED, str(exc))
+            return
+        if self.store.has(share_hash):
+            await fs.send(READY, 0)
+            self._add_owner(share_hash, grant)
+            self._count("puts_deduplicated")
+            await fs.send(OK, {})
+            return
+        if size > self.store.free:
+            self._count("puts_refused_capacity")
+            await fs.send(ERR, E_CAPACITY, f"no room: {self.store.free} bytes free")
+            return
+        await fs.send(READY, 1)
+        buf = bytearray()
+        while len(buf) < size:
+            ftype, d = await fs.recv()
+            if ftype != DATA or not d:
+                raise RemoteProtocolError("expected DATA")
+            chunk = as_bytes(d[0], "data", max_size=CHUNK)
+            buf += chunk
+            if len(buf) > size:
+                raise RemoteProtocolError("more data than announced")
+        try:
+            await asyncio.to_thread(self.store.put, share_hash, bytes(buf))
+        except ShareCorrupted:
+            self._count("puts_corrupt")
+            await fs.send(ERR, E_CORRUPT, "bytes do not match the share hash")
+            return
+        except DiskFull:
+            self._count("puts_disk_full")
+            await fs.send(ERR, E_DISK_FULL, "disk full")
+            return
+        except CapacityExceeded as exc:
+            self._count("puts_refused_capacity")
+            await fs.send(ERR, E_CAPACITY, str(exc))
+            return
+        self._add_owner(share_hash, grant)
+        self._count("puts")
+        self._count("bytes_in", size)
+        await fs.send(OK, {})
+        if self.on_stored:
+            self.on_stored(share_hash)
+
+    def _add_owner(self, share_hash: bytes, grant: Grant) -> None:
+        owners = self.owners(share_hash)
+        owners[grant.owner_pubkey] = max(owners.get(grant.owner_pubkey, 0), grant.expires)
+        self._set_owners(share_hash, owners)
+
+    async def _get(self, fs: FrameStream, f: list[Any]) -> None:
+        if len(f) != 1:
+            raise RemoteProtocolError("GET: expected 1 field")
+        share_hash = as_bytes(f[0], "hash", size=HASH_BYTES)
+        try:
+            data = await asyncio.to_thread(self.store.get, share_hash)
+        except ShareNotFound:
+            self._count("gets_not_found")
+            await fs.send(ERR, E_NOT_FOUND, "no such share")
+            return
+        except ShareCorrupted:
+            self._count("gets_corrupt")
+            await fs.send(ERR, E_CORRUPT, "stored share is corrupt")
+            return
+        await fs.send(SIZE, len(data))
+        for off in range(0, len(data), CHUNK):
+            await fs.send(DATA, data[off:off + CHUNK])
+        self._count("gets")
+        self._count("bytes_out", len(data))
+
+    async def _delete(self, fs: FrameStream, f: list[Any]) -> None:
+        if len(f) != 4:
+            raise RemoteProtocolError("DELETE: expected 4 fields")
+        share_hash = as_bytes(f[0], "hash", size=HASH_BYTES)
+        owner = as_bytes(f[1], "owner", size=PUBKEY_BYTES)
+        ts = as_int(f[2], "ts", 0, 2**40)
+        sig = as_bytes(f[3], "signature", size=SIG_BYTES)
+        owners = self.owners(share_hash)
+        try:
+            if abs(ts - self.clock()) > DELETE_SKEW:
+                raise BadSignature("delete request is stale")
+            verify(owner, delete_signing_bytes(share_hash, self.identity.node_id, ts, owner), sig)
+            if owner not in owners:
+                raise BadSignature("not an owner of this share")
+        except BadSignature as exc:
+            self._count("deletes_unauthorized")
+            await fs.send(ERR, E_UNAUTHORIZED, str(exc))
+            return
+        del owners[owner]
+        self._set_owners(share_hash, owners)
+        if not owners:
+            self.store.delete(share_hash)
+            if self.on_deleted:
+                self.on_deleted(share_hash)
+        self._count("deletes")
+        await fs.send(OK, {})

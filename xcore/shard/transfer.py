@@ -1,0 +1,345 @@
+"""The share transfer protocol: msgpack frames over a byte stream (TCP).
+
+Frame layout::
+
+    u32 big-endian length || msgpack [type:uint, field, ...]
+
+Frames are at most :data:`MAX_FRAME` bytes; share data travels in DATA frames
+of at most :data:`CHUNK` bytes, so neither side ever buffers more than one
+share (<= 2 MiB) per connection.
+
+Session (both ends authenticate with their node keys, principle 4)::
+
+    client                                   server
+    HELLO [1, client_pubkey, nonce_c]  ->
+                                       <-  HELLO_ACK [server_pubkey, nonce_s, sig_s]
+    AUTH [sig_c]                       ->
+    then any number of requests, one at a time:
+    PUT [hash, size, grant]            ->  (grant: owner-signed storage grant)
+                                       <-  READY [need_data] | ERR
+    DATA [bytes] ... (size bytes)      ->
+                                       <-  OK [{}] | ERR
+    GET [hash]                         ->
+                                       <-  SIZE [size] DATA ... | ERR
+    DELETE [hash, owner_pubkey, ts, sig] -> OK | ERR
+    STAT []                            ->  OK [{capacity, free, shares}]
+
+``sig_s`` signs ``tag || "server" || nonce_c || nonce_s || client_pubkey`` and
+``sig_c`` signs ``tag || "client" || nonce_s || nonce_c || server_pubkey``: each
+side proves its key over the other's fresh nonce, so neither a replayed
+handshake nor a relay to a third node passes. The client checks the server's
+key against the node ID it meant to reach.
+
+A storage grant is the owner's signature allowing this host to keep this
+share until ``expires``; a delete must be signed by an owner of the share.
+Hosts only ever see ciphertext shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from xcore.codec import as_bytes, as_int, as_list, as_str, canonical, expect, pack, unpack_bounded
+from xcore.crypto.identity import ID_BYTES, PUBKEY_BYTES, SIG_BYTES, Identity, node_id_of, verify
+from xcore.errors import (
+    BadIdentity, BadSignature, CapacityExceeded, DiskFull, LocalProtocolError, MessageTooLarge,
+    RemoteProtocolError, ShareCorrupted, ShareNotFound, Timeout, XcoreError,
+)
+
+VERSION = 1
+TAG = b"xcore-transfer-v1"
+GRANT_TAG = b"xcore-store-grant-v1"
+DELETE_TAG = b"xcore-delete-v1"
+CHUNK = 256 * 1024
+MAX_FRAME = CHUNK + 1024
+MAX_SHARE = 2 * 1024 * 1024
+NONCE_BYTES = 32
+HASH_BYTES = 32
+
+HELLO, HELLO_ACK, AUTH = 1, 2, 3
+PUT, READY, DATA, OK, ERR = 10, 11, 12, 14, 15
+GET, SIZE = 20, 21
+DELETE = 30
+STAT = 40
+
+# error codes carried in ERR frames
+E_BAD_REQUEST, E_CAPACITY, E_DISK_FULL, E_CORRUPT, E_NOT_FOUND, E_UNAUTHORIZED, E_BUSY = range(1, 8)
+ERROR_CLASSES: dict[int, type[XcoreError]] = {
+    E_BAD_REQUEST: RemoteProtocolError, E_CAPACITY: CapacityExceeded, E_DISK_FULL: DiskFull,
+    E_CORRUPT: ShareCorrupted, E_NOT_FOUND: ShareNotFound, E_UNAUTHORIZED: BadSignature,
+    E_BUSY: CapacityExceeded,
+}
+
+
+class HostRefused(XcoreError):
+    """The host refused the request."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"host refused: {message}")
+        self.code = code
+
+
+def error_for(code: int, message: str) -> XcoreError:
+    cls = ERROR_CLASSES.get(code)
+    if cls is None:
+        return HostRefused(code, message)
+    err = cls(f"host refused: {message}")
+    return err
+
+
+# -- frames ------------------------------------------------------------------
+
+
+def encode_frame(ftype: int, *fields: Any) -> bytes:
+    body = pack([ftype, *fields])
+    if len(body) > MAX_FRAME:
+        raise LocalProtocolError("frame too large")
+    return struct.pack(">I", len(body)) + body
+
+
+def decode_frame(body: bytes) -> tuple[int, list[Any]]:
+    doc = as_list(unpack_bounded(body, MAX_FRAME, 16), "frame", 8)
+    expect(len(doc) >= 1, "frame: empty")
+    return as_int(doc[0], "frame type", 0, 255), doc[1:]
+
+
+class FrameStream:
+    """Frames over an asyncio stream pair, with timeouts and size bounds."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 timeout: float = 30.0) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.timeout = timeout
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    async def recv(self) -> tuple[int, list[Any]]:
+        try:
+            head = await asyncio.wait_for(self.reader.readexactly(4), self.timeout)
+            (size,) = struct.unpack(">I", head)
+            if size > MAX_FRAME:
+                raise MessageTooLarge(f"frame of {size} bytes")
+            body = await asyncio.wait_for(self.reader.readexactly(size), self.timeout)
+        except asyncio.TimeoutError as exc:
+            raise Timeout("peer went silent") from exc
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise RemoteProtocolError("connection closed") from exc
+        self.bytes_in += 4 + size
+        return decode_frame(body)
+
+    async def send(self, ftype: int, *fields: Any) -> None:
+        data = encode_frame(ftype, *fields)
+        self.bytes_out += len(data)
+        self.writer.write(data)
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.timeout)  # back-pressure
+        except asyncio.TimeoutError as exc:
+            raise Timeout("peer stopped reading") from exc
+        except ConnectionError as exc:
+            raise RemoteProtocolError("connection closed") from exc
+
+    async def expect(self, *types: int) -> list[Any]:
+        ftype, fields = await self.recv()
+        if ftype == ERR and ERR not in types:
+            code = as_int(fields[0] if fields else 0, "error code", 0, 255)
+            msg = as_str(fields[1] if len(fields) > 1 else "", "error message", 1000)
+            raise error_for(code, msg)
+        if ftype not in types:
+            raise RemoteProtocolError(f"unexpected frame type {ftype}")
+        return fields
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # pragma: no cover - closing a dead socket
+            pass
+
+
+# -- grants ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The owner's permission for ``host_id`` to store ``share_hash`` until ``expires``."""
+
+    share_hash: bytes
+    host_id: bytes
+    expires: int
+    owner_pubkey: bytes
+    signature: bytes
+
+    @staticmethod
+    def signing_bytes(share_hash: bytes, host_id: bytes, expires: int, owner_pubkey: bytes) -> bytes:
+        return GRANT_TAG + canonical([share_hash, host_id, expires, owner_pubkey])
+
+    @classmethod
+    def create(cls, owner: Identity, share_hash: bytes, host_id: bytes, expires: int) -> "Grant":
+        sig = owner.sign(cls.signing_bytes(share_hash, host_id, expires, owner.pubkey))
+        return cls(share_hash, host_id, expires, owner.pubkey, sig)
+
+    def encode(self) -> list[Any]:
+        return [self.share_hash, self.host_id, self.expires, self.owner_pubkey, self.signature]
+
+    @classmethod
+    def decode(cls, v: Any) -> "Grant":
+        v = as_list(v, "grant", 5)
+        expect(len(v) == 5, "grant: expected 5 fields")
+        return cls(as_bytes(v[0], "grant hash", size=HASH_BYTES),
+                   as_bytes(v[1], "grant host", size=ID_BYTES),
+                   as_int(v[2], "grant expires", 0, 2**40),
+                   as_bytes(v[3], "grant owner", size=PUBKEY_BYTES),
+                   as_bytes(v[4], "grant signature", size=SIG_BYTES))
+
+    def verify(self) -> None:
+        verify(self.owner_pubkey,
+               self.signing_bytes(self.share_hash, self.host_id, self.expires, self.owner_pubkey),
+               self.signature)
+
+
+def delete_signing_bytes(share_hash: bytes, host_id: bytes, ts: int, owner_pubkey: bytes) -> bytes:
+    return DELETE_TAG + canonical([share_hash, host_id, ts, owner_pubkey])
+
+
+# -- handshake ---------------------------------------------------------------
+
+
+def _server_proof(nonce_c: bytes, nonce_s: bytes, client_pub: bytes) -> bytes:
+    return TAG + b"server" + nonce_c + nonce_s + client_pub
+
+
+def _client_proof(nonce_s: bytes, nonce_c: bytes, server_pub: bytes) -> bytes:
+    return TAG + b"client" + nonce_s + nonce_c + server_pub
+
+
+async def client_handshake(fs: FrameStream, identity: Identity, expected_id: bytes | None,
+                           token_bytes: Callable[[int], bytes]) -> bytes:
+    """Authenticate both ways; returns the server's public key."""
+    nonce_c = token_bytes(NONCE_BYTES)
+    await fs.send(HELLO, VERSION, identity.pubkey, nonce_c)
+    f = await fs.expect(HELLO_ACK)
+    expect(len(f) == 3, "HELLO_ACK: expected 3 fields")
+    server_pub = as_bytes(f[0], "server key", size=PUBKEY_BYTES)
+    nonce_s = as_bytes(f[1], "server nonce", size=NONCE_BYTES)
+    sig = as_bytes(f[2], "server proof", size=SIG_BYTES)
+    if expected_id is not None and node_id_of(server_pub) != expected_id:
+        raise BadIdentity("the host's key does not match the node ID we meant to reach")
+    verify(server_pub, _server_proof(nonce_c, nonce_s, identity.pubkey), sig)
+    await fs.send(AUTH, identity.sign(_client_proof(nonce_s, nonce_c, server_pub)))
+    return server_pub
+
+
+async def server_handshake(fs: FrameStream, identity: Identity,
+                           token_bytes: Callable[[int], bytes]) -> bytes:
+    """Authenticate both ways; returns the client's public key."""
+    f = await fs.expect(HELLO)
+    expect(len(f) == 3, "HELLO: expected 3 fields")
+    expect(f[0] == VERSION, "HELLO: unsupported version")
+    client_pub = as_bytes(f[1], "client key", size=PUBKEY_BYTES)
+    nonce_c = as_bytes(f[2], "client nonce", size=NONCE_BYTES)
+    nonce_s = token_bytes(NONCE_BYTES)
+    await fs.send(HELLO_ACK, identity.pubkey, nonce_s,
+                  identity.sign(_server_proof(nonce_c, nonce_s, client_pub)))
+    f = await fs.expect(AUTH)
+    expect(len(f) == 1, "AUTH: expected 1 field")
+    verify(client_pub, _client_proof(nonce_s, nonce_c, identity.pubkey),
+           as_bytes(f[0], "client proof", size=SIG_BYTES))
+    return client_pub
+
+
+# -- client ------------------------------------------------------------------
+
+
+class HostConnection:
+    """An authenticated connection to one host."""
+
+    def __init__(self, fs: FrameStream, host_id: bytes, host_pubkey: bytes) -> None:
+        self.fs = fs
+        self.host_id = host_id
+        self.host_pubkey = host_pubkey
+        self.lock = asyncio.Lock()
+        self.broken = False
+
+    @classmethod
+    async def connect(cls, addr: tuple[str, int], identity: Identity, expected_id: bytes | None,
+                      token_bytes: Callable[[int], bytes], timeout: float = 10.0) -> "HostConnection":
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(addr[0], addr[1], limit=MAX_FRAME * 2), timeout)
+        except asyncio.TimeoutError as exc:
+            raise Timeout(f"connecting to {addr[0]}:{addr[1]} timed out") from exc
+        except OSError as exc:
+            raise RemoteProtocolError(f"cannot connect to {addr[0]}:{addr[1]}: {exc.strerror or exc}") from exc
+        fs = FrameStream(reader, writer, timeout)
+        try:
+            pub = await client_handshake(fs, identity, expected_id, token_bytes)
+        except BaseException:
+            fs.close()
+            raise
+        return cls(fs, node_id_of(pub), pub)
+
+    async def _guard(self, coro: Any) -> Any:
+        async with self.lock:
+            if self.broken:
+                raise RemoteProtocolError("connection is broken")
+            try:
+                return await coro
+            except (RemoteProtocolError, Timeout, asyncio.CancelledError):
+                self.broken = True
+                self.fs.close()
+                raise
+
+    async def put_share(self, share_hash: bytes, data: bytes, grant: Grant) -> None:
+        async def run() -> None:
+            if len(data) > MAX_SHARE:
+                raise LocalProtocolError("share larger than 2 MiB")
+            await self.fs.send(PUT, share_hash, len(data), grant.encode())
+            ready = await self.fs.expect(READY)
+            if ready and ready[0] == 0:  # the host has these bytes already
+                await self.fs.expect(OK)
+                return
+            view = memoryview(data)
+            for off in range(0, len(data), CHUNK):
+                await self.fs.send(DATA, bytes(view[off:off + CHUNK]))
+            await self.fs.expect(OK)
+        await self._guard(run())
+
+    async def get_share(self, share_hash: bytes, max_size: int = MAX_SHARE) -> bytes:
+        async def run() -> bytes:
+            await self.fs.send(GET, share_hash)
+            f = await self.fs.expect(SIZE)
+            size = as_int(f[0] if f else -1, "share size", 0, max_size)
+            buf = bytearray()
+            while len(buf) < size:
+                d = await self.fs.expect(DATA)
+                chunk = as_bytes(d[0] if d else None, "data", max_size=CHUNK)
+                buf += chunk
+                if len(buf) > size:
+                    raise RemoteProtocolError("host sent more bytes than announced")
+            return bytes(buf)
+        try:
+            return await self._guard(run())  # type: ignore[no-any-return]
+        except (ShareNotFound, HostRefused):
+            raise
+
+    async def delete_share(self, share_hash: bytes, owner: Identity, ts: int) -> None:
+        async def run() -> None:
+            sig = owner.sign(delete_signing_bytes(share_hash, self.host_id, ts, owner.pubkey))
+            await self.fs.send(DELETE, share_hash, owner.pubkey, ts, sig)
+            await self.fs.expect(OK)
+        await self._guard(run())
+
+    async def stat(self) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            await self.fs.send(STAT)
+            f = await self.fs.expect(OK)
+            info = f[0] if f else None
+            expect(isinstance(info, dict), "STAT: expected a map")
+            return info  # type: ignore[no-any-return]
+        return await self._guard(run())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.fs.close()
