@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="leave the devnet running")
     args = ap.parse_args(argv)
-    directory = args.dir or Path(tempfile.mkdtemp(prefix="xcore-demo-"))
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="xcore-demo-", dir="/tmp"))
     t0 = time.monotonic()
     print(f"== starting {args.nodes} nodes in {directory}")
     info = up(directory, args.nodes, difficulty=DEFAULT_DIFFICULTY, timeout=120,

@@ -107,6 +107,13 @@ def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
 
 
 def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie, waiting for its reaper, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -116,35 +123,60 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stop_pid(pid: int, grace: float = 10.0) -> None:
+def _is_node_of(pid: int, data_dir: Path) -> bool:
+    """Guard against pid reuse: is ``pid`` really `xcore node start --data data_dir`?"""
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    end = time.monotonic() + grace
-    while time.monotonic() < end:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            if not _pid_alive(pid):
-                return
-        time.sleep(0.05)
+        args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return _pid_alive(pid)
+    want = os.fsencode(str(Path(data_dir).resolve()))
+    return b"start" in args and any(os.fsencode(str(Path(os.fsdecode(a)).resolve())) == want
+                                    for a in args if a.startswith(b"/"))
+
+
+def _reap(pid: int) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
         pass
+
+
+def stop_pids(pids: list[int], grace: float = 10.0) -> None:
+    """SIGTERM them all, wait for all against one deadline, SIGKILL the rest."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + grace
+    left = list(pids)
+    while left and time.monotonic() < end:
+        for pid in left:
+            _reap(pid)
+        left = [p for p in left if _pid_alive(p)]
+        if left:
+            time.sleep(0.05)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap(pid)
+
+
+def stop_pid(pid: int, grace: float = 10.0) -> None:
+    stop_pids([pid], grace)
 
 
 def down(directory: Path) -> dict[str, Any]:
     directory = Path(directory)
-    stopped = 0
+    pids = []
     for pidfile in sorted(directory.glob(f"*/{PID_NAME}")):
         try:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):
             continue
-        if _pid_alive(pid):
-            stop_pid(pid)
-            stopped += 1
-    return {"dir": str(directory), "stopped": stopped}
+        if _pid_alive(pid) and _is_node_of(pid, pidfile.parent):
+            pids.append(pid)
+    stop_pids(pids)
+    return {"dir": str(directory), "stopped": len(pids)}

@@ -105,8 +105,8 @@ def init_node(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, capacit
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     key_path = data_dir / KEY_NAME
-    if key_path.exists() and not force:
-        identity = Identity.load(key_path)
+    if key_path.exists():
+        identity = Identity.load(key_path)  # --force rewrites the config, never the identity
     else:
         identity = Identity.generate(difficulty, secrets.token_bytes)
         identity.save(key_path)
@@ -200,6 +200,7 @@ class NodeService:
             if not seeds:
                 # the first node of a network has nobody to join: that's fine
                 self.joined = True
+                self.join_error = None
                 return 0
             raise
         self.joined = True
