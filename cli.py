@@ -89,15 +89,20 @@ def node() -> None:
 @click.option("--difficulty", default=None, type=int, help="ID puzzle difficulty in bits (network parameter).")
 @click.option("--no-diversity", is_flag=True, help="Disable the routing-table /24 caps (labs only).")
 @click.option("--force", is_flag=True, help="Overwrite an existing config (keeps the identity).")
+@click.option("--repair-interval", default=60.0, show_default=True, help="Seconds between repair checks.")
+@click.option("--repair-grace", default=900.0, show_default=True,
+              help="Seconds a host may be unreachable before its shares count as lost.")
 @json_option
 def node_init(data: Path, host: str, port: int, capacity: str, bootstrap: tuple[str, ...],
-              difficulty: int | None, no_diversity: bool, force: bool, as_json: bool) -> None:
+              difficulty: int | None, no_diversity: bool, force: bool, repair_interval: float,
+              repair_grace: float, as_json: bool) -> None:
     """Create a node data directory: identity key and config."""
     from xcore.node import DEFAULT_DIFFICULTY, init_node, parse_size
     info = init_node(data, host=host, port=port, capacity=parse_size(capacity),
                      bootstrap=[" ".join(b.split()) for b in bootstrap],
                      difficulty=DEFAULT_DIFFICULTY if difficulty is None else difficulty,
-                     diversity=not no_diversity, force=force)
+                     diversity=not no_diversity, force=force, repair_interval=repair_interval,
+                     repair_grace=repair_grace)
     emit(info, as_json, lambda i: f"initialised node {i['node_id']} in {i['data']}")
 
 
@@ -356,6 +361,28 @@ def rm_cmd(data: Path, bootstrap: tuple[str, ...], as_json: bool, file_id: str) 
     emit(res, as_json, lambda r: f"removed {r['name']} ({r['shares_deleted']} shares deleted)")
 
 
+@main.command("repair")
+@data_option
+@click.option("--now", is_flag=True, help="Run a check (and any repair it calls for) immediately.")
+@json_option
+def repair_cmd(data: Path, now: bool, as_json: bool) -> None:
+    """Status of the segments this node watches or leads, and recent repairs."""
+    from xcore.control import call
+    rep = run_async(call(data, "repair", {"now": now}, timeout=600))
+
+    def human(r: dict[str, Any]) -> str:
+        lines = [f"{len(r['segments'])} segment(s) watched; grace {r['grace']} s"]
+        for s in r["segments"]:
+            lines.append(f"  {s['segment'][:16]}  {s['healthy']}/{s['n']} healthy "
+                         f"(threshold {s['threshold']})  {s['action']}  leader {str(s['leader'])[:12]}")
+        for e in r["events"]:
+            lines.append(f"  repair {e['segment'][:16]}: shares {e['missing']} -> "
+                         f"{len(e['placed'])} placed, {e['bytes_down'] + e['bytes_up']} bytes, "
+                         f"{e['seconds']} s, {'ok' if e['ok'] else 'FAILED: ' + str(e['error'])}")
+        return "\n".join(lines)
+    emit(rep, as_json, human)
+
+
 @main.command("hosts")
 @data_option
 @json_option
@@ -382,14 +409,17 @@ def devnet() -> None:
 @click.option("--difficulty", default=None, type=int, help="ID puzzle bits (default: the network default).")
 @click.option("--capacity", default="1GiB", show_default=True, help="Disk each node offers.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for all nodes to join.")
+@click.option("--repair-interval", default=60.0, show_default=True, help="Seconds between repair checks.")
+@click.option("--repair-grace", default=900.0, show_default=True, help="Grace period before repair.")
 @json_option
 def devnet_up(count: int, directory: Path, difficulty: int | None, capacity: str, timeout: float,
-              as_json: bool) -> None:
+              repair_interval: float, repair_grace: float, as_json: bool) -> None:
     """Start COUNT node processes; return once all have joined."""
     from xcore.devnet import up
     from xcore.node import DEFAULT_DIFFICULTY, parse_size
     info = up(directory, count, difficulty=DEFAULT_DIFFICULTY if difficulty is None else difficulty,
-              capacity=parse_size(capacity), timeout=timeout,
+              capacity=parse_size(capacity), timeout=timeout, repair_interval=repair_interval,
+              repair_grace=repair_grace,
               progress=None if as_json else lambda m: click.echo(m, err=True))
     emit(info, as_json, lambda i: f"devnet of {len(i['nodes'])} nodes up in {i['dir']}")
 

@@ -68,7 +68,8 @@ def wait_joined(data_dir: Path, proc: subprocess.Popen[bytes] | None, deadline: 
 
 def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
        timeout: float = 60.0, progress: Callable[[str], None] | None = None,
-       prefix: str = "n") -> dict[str, Any]:
+       prefix: str = "n", repair_interval: float = 60.0,
+       repair_grace: float = 900.0) -> dict[str, Any]:
     if count < 1:
         raise ConfigError("a devnet needs at least one node")
     directory = Path(directory).resolve()
@@ -78,7 +79,8 @@ def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
     nodes: list[dict[str, Any]] = []
     first = directory / names[0]
     if not (first / "config.json").exists():
-        init_node(first, port=0, capacity=capacity, difficulty=difficulty, diversity=False)
+        init_node(first, port=0, capacity=capacity, difficulty=difficulty, diversity=False,
+                  repair_interval=repair_interval, repair_grace=repair_grace)
     proc = spawn(first)
     st = wait_joined(first, proc, deadline)
     seed = format_seed(parse_address(st["address"]), bytes.fromhex(st["node_id"]))
@@ -93,7 +95,7 @@ def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
         d = directory / name
         if not (d / "config.json").exists():
             init_node(d, port=0, capacity=capacity, bootstrap=[seed], difficulty=difficulty,
-                      diversity=False)
+                      diversity=False, repair_interval=repair_interval, repair_grace=repair_grace)
         procs.append((name, d, spawn(d)))
     for name, d, p in procs:
         st = wait_joined(d, p, deadline)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import xcore.client.index  # noqa: F401  "index": the owner's bucket index pointer
 import xcore.contracts.hosts  # noqa: F401  "host" announcements and "loc" share locations
+import xcore.contracts.repair  # noqa: F401  "claim": repair leadership claims
+import xcore.contracts.segments  # noqa: F401  "seg": segment records / repair authorisations
 from xcore.dht.records import known_kinds
 
 __all__ = ["known_kinds"]

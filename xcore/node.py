@@ -48,6 +48,8 @@ CONFIG_VERSION = 1
 DEFAULT_DIFFICULTY = 12
 SAVE_INTERVAL = 30.0
 ANNOUNCE_INTERVAL = 60.0
+DEFAULT_REPAIR_INTERVAL = 60.0
+DEFAULT_REPAIR_GRACE = 900.0
 MAX_STATE_BYTES = 256 << 20
 PACKAGE_BOOTSTRAP = Path(__file__).resolve().parent.parent / "bootstrap_nodes.txt"
 
@@ -93,7 +95,9 @@ def load_config(data_dir: Path) -> dict[str, Any]:
 
 def init_node(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, capacity: int = 0,
               bootstrap: list[str] | None = None, difficulty: int = DEFAULT_DIFFICULTY,
-              diversity: bool = True, force: bool = False) -> dict[str, Any]:
+              diversity: bool = True, force: bool = False,
+              repair_interval: float = DEFAULT_REPAIR_INTERVAL,
+              repair_grace: float = DEFAULT_REPAIR_GRACE) -> dict[str, Any]:
     """Create a node data directory: identity (solving the ID puzzle) and config."""
     data_dir = Path(data_dir)
     if (data_dir / CONFIG_NAME).exists() and not force:
@@ -112,7 +116,8 @@ def init_node(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, capacit
         identity.save(key_path)
     config = {"version": CONFIG_VERSION, "host": host, "port": port, "capacity": capacity,
               "bootstrap": list(bootstrap or []), "difficulty": difficulty,
-              "diversity": diversity}
+              "diversity": diversity, "repair_interval": float(repair_interval),
+              "repair_grace": float(repair_grace)}
     atomic_write(data_dir / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
     return {"node_id": identity.node_id.hex(), "data": str(data_dir), **config}
 
@@ -156,6 +161,8 @@ class NodeService:
         self.host: HostService | None = None
         self.tcp_address: tuple[str, int] | None = None
         self._announcer: asyncio.Task[None] | None = None
+        self._repair_task: asyncio.Task[None] | None = None
+        self.repairer: Any = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -185,6 +192,11 @@ class NodeService:
             atomic_write(self.data_dir / PID_NAME, f"{os.getpid()}\n".encode())
             self._saver = asyncio.create_task(self._save_loop())
             self._announcer = asyncio.create_task(self._announce_loop())
+            from xcore.repairer import Repairer
+            self.repairer = Repairer(
+                self, interval=float(self.config.get("repair_interval", DEFAULT_REPAIR_INTERVAL)),
+                grace=float(self.config.get("repair_grace", DEFAULT_REPAIR_GRACE)))
+            self._repair_task = asyncio.create_task(self.repairer.run())
         log.info("node %s listening on %s", self.identity.node_id.hex(),
                  format_address(self.address))
 
@@ -214,7 +226,7 @@ class NodeService:
         self._stop.set()
 
     async def stop(self) -> None:
-        for task in (self._saver, self._announcer):
+        for task in (self._saver, self._announcer, self._repair_task):
             if task is not None:
                 task.cancel()
         if self.host is not None:
@@ -308,6 +320,7 @@ class NodeService:
             "uptime": self.clock() - self.dht.started,
             "tcp_address": format_address(self.tcp_address) if self.tcp_address else None,
             "host": self.host.stats() if self.host else None,
+            "repair": self.repairer.counters if self.repairer else None,
         })
         return st
 
@@ -396,8 +409,15 @@ class NodeService:
             from xcore.client.files import host_table
             return await host_table(self)
 
+        async def repair(args: dict[str, Any]) -> Any:
+            if self.repairer is None:
+                raise ConfigError("this node does not run repair")
+            if args.get("now"):
+                await self.repairer.check_all()
+            return self.repairer.report()
+
         return {"status": status, "dht_put": dht_put, "dht_get": dht_get, "stop": stop,
-                "put": put, "get": get, "ls": ls, "rm": rm, "hosts": hosts}
+                "put": put, "get": get, "ls": ls, "rm": rm, "hosts": hosts, "repair": repair}
 
 
 async def run_node(data_dir: Path) -> None:

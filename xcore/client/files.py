@@ -37,6 +37,7 @@ from xcore.client.index import (
 from xcore.client.keys import OwnerKeys
 from xcore.client.manifest import Manifest, SegmentRef, ShareRef, open_manifest, seal_manifest
 from xcore.contracts.hosts import HOST_SHARDS, HostInfo, host_shard_key, loc_address, loc_key
+from xcore.contracts.segments import make_segment_record
 from xcore.contracts.selection import select_hosts
 from xcore.crypto.merkle import MerkleTree
 from xcore.crypto.stream import CtrStream
@@ -48,6 +49,7 @@ from xcore.shard.erasure import Redundancy, decode_segment, encode_segment, segm
 from xcore.shard.transfer import Grant, HostConnection
 
 GRANT_TERM = 365 * 24 * 3600
+REPAIR_PRICE_CAP = 20_000  # micro-euros per GB-month a repair may agree (the appendix's 0.02 EUR)
 INDEX_TTL = 30 * 24 * 3600
 BLOB_COPIES = 3
 MAX_BLOB = 2 * 1024 * 1024
@@ -149,11 +151,12 @@ class Client:
             c.close()
         self._conns.clear()
 
-    async def _upload(self, host: HostInfo, share_hash: bytes, data: bytes) -> None:
+    async def _upload(self, host: HostInfo, share_hash: bytes, data: bytes,
+                      seg_blob: bytes | None = None) -> None:
         conn = await self.connect(host.node_id, host.addr)
         grant = Grant.create(self.keys.signing, share_hash, host.node_id,
                              int(self.now()) + GRANT_TERM)
-        await conn.put_share(share_hash, data, grant)
+        await conn.put_share(share_hash, data, grant, seg_blob)
 
     async def _download(self, host_id: bytes, addr: tuple[str, int], share_hash: bytes) -> bytes:
         conn = await self.connect(host_id, addr)
@@ -163,7 +166,7 @@ class Client:
         return data
 
     async def place(self, share_hash: bytes, data: bytes, candidates: list[HostInfo],
-                    avoid: set[bytes], attempts: int = 4) -> HostInfo:
+                    avoid: set[bytes], attempts: int = 8, seg_blob: bytes | None = None) -> HostInfo:
         """Upload one share to the first candidate that takes it."""
         last: Exception | None = None
         for _ in range(attempts):
@@ -174,7 +177,7 @@ class Client:
             host = pick[0]
             avoid.add(host.node_id)
             try:
-                await self._upload(host, share_hash, data)
+                await self._upload(host, share_hash, data, seg_blob)
                 self.stats.ok(host.node_id)
                 return host
             except (XcoreError, OSError, asyncio.TimeoutError) as exc:
@@ -288,6 +291,12 @@ class Client:
         async def upload_segment(index: int, ciphertext: bytes) -> None:
             try:
                 shares = encode_segment(ciphertext, red)
+                hashes = [hashlib.sha256(sh).digest() for sh in shares]
+                seg_rec = make_segment_record(self.keys.signing, hashes, red.k, red.n,
+                                              len(ciphertext), int(self.now()) + GRANT_TERM,
+                                              REPAIR_PRICE_CAP, self.now())
+                seg_blob = seg_rec.encode()
+                publish = asyncio.create_task(self.dht_publish(seg_rec))
                 refs: list[ShareRef | None] = [None] * red.n
                 avoid: set[bytes] = set()
                 chosen = select_hosts(usable, red.n, rng=self.rng, now=self.now(),
@@ -295,23 +304,27 @@ class Client:
                                       reputation=self.reputation)
 
                 async def one(i: int, data: bytes, first: HostInfo | None) -> None:
-                    h = hashlib.sha256(data).digest()
+                    h = hashes[i]
                     root = MerkleTree.from_blocks(_blocks(data)).root
                     host: HostInfo | None = None
                     if first is not None:
                         avoid.add(first.node_id)
                         try:
-                            await self._upload(first, h, data)
+                            await self._upload(first, h, data, seg_blob)
                             self.stats.ok(first.node_id)
                             host = first
                         except (XcoreError, OSError, asyncio.TimeoutError):
                             self.stats.fail(first.node_id)
                     if host is None:
-                        host = await self.place(h, data, usable, avoid)
+                        host = await self.place(h, data, usable, avoid, seg_blob=seg_blob)
                     refs[i] = ShareRef(i, h, len(data), root, host.node_id,
                                        f"{host.addr[0]}:{host.addr[1]}")
                 await asyncio.gather(*(one(i, s, chosen[i] if i < len(chosen) else None)
                                        for i, s in enumerate(shares)))
+                try:
+                    await publish
+                except XcoreError:
+                    pass  # the hosts hold the record too, and republish it for repair
                 segments[index] = SegmentRef(index, len(ciphertext),
                                              tuple(r for r in refs if r is not None))
                 done["bytes"] += len(ciphertext)

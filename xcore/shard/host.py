@@ -20,12 +20,14 @@ from xcore.errors import (
     BadSignature, CapacityExceeded, DiskFull, RemoteProtocolError, ShareCorrupted,
     ShareNotFound, Timeout, XcoreError,
 )
+from xcore.contracts.segments import SegmentInfo, decode_segment_record
+from xcore.errors import RecordRejected
 from xcore.fsutil import atomic_write
 from xcore.shard.store import ShareStore, share_name
 from xcore.shard.transfer import (
     CHUNK, DATA, DELETE, E_BAD_REQUEST, E_BUSY, E_CAPACITY, E_CORRUPT, E_DISK_FULL,
     E_NOT_FOUND, E_UNAUTHORIZED, ERR, GET, HASH_BYTES, MAX_FRAME, MAX_SHARE, OK, PUT,
-    READY, SIZE, STAT, FrameStream, Grant, delete_signing_bytes, server_handshake,
+    HAS, READY, SIZE, STAT, FrameStream, Grant, delete_signing_bytes, server_handshake,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class HostService:
         self.counters: dict[str, int] = {}
         self.on_stored: Callable[[bytes], None] | None = None
         self.on_deleted: Callable[[bytes], None] | None = None
+        self.segment_of: dict[bytes, bytes] = {}
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -173,6 +176,12 @@ class HostService:
             await self._get(fs, f)
         elif ftype == DELETE:
             await self._delete(fs, f)
+        elif ftype == HAS:
+            if len(f) != 1:
+                raise RemoteProtocolError("HAS: expected 1 field")
+            h = as_bytes(f[0], "hash", size=HASH_BYTES)
+            has = self.store.has(h)
+            await fs.send(OK, {"has": has, "size": self.store.size_of(h) if has else 0})
         elif ftype == STAT:
             st = self.store.stats()
             await fs.send(OK, {"capacity": st["capacity"], "free": st["bytes_free"],
@@ -181,25 +190,46 @@ class HostService:
             raise RemoteProtocolError(f"unknown request type {ftype}")
 
     async def _put(self, fs: FrameStream, f: list[Any]) -> None:
-        if len(f) != 3:
-            raise RemoteProtocolError("PUT: expected 3 fields")
+        if len(f) not in (3, 4):
+            raise RemoteProtocolError("PUT: expected 3 or 4 fields")
         share_hash = as_bytes(f[0], "hash", size=HASH_BYTES)
         size = as_int(f[1], "size", 0, MAX_SHARE)
-        grant = Grant.decode(f[2])
+        grant = Grant.decode(f[2]) if f[2] is not None else None
+        seg_blob = f[3] if len(f) == 4 else None
+        if seg_blob is not None:
+            seg_blob = as_bytes(seg_blob, "seg record", max_size=16 * 1024)
         now = self.clock()
+        seg_info: SegmentInfo | None = None
         try:
-            if grant.share_hash != share_hash or grant.host_id != self.identity.node_id:
-                raise BadSignature("grant is for another share or host")
-            if grant.expires <= now:
-                raise BadSignature("grant has expired")
-            grant.verify()
+            if seg_blob is not None:
+                try:
+                    _, seg_info = decode_segment_record(seg_blob, now)
+                except (RecordRejected, RemoteProtocolError) as exc:
+                    raise BadSignature(f"bad segment record: {exc}") from exc
+                if share_hash not in seg_info.shares:
+                    raise BadSignature("segment record does not list this share")
+                if seg_info.until <= now:
+                    raise BadSignature("segment repair authorisation has expired")
+            if grant is not None:
+                if grant.share_hash != share_hash or grant.host_id != self.identity.node_id:
+                    raise BadSignature("grant is for another share or host")
+                if grant.expires <= now:
+                    raise BadSignature("grant has expired")
+                grant.verify()
+                owner, expires = grant.owner_pubkey, grant.expires
+            elif seg_info is not None:
+                owner, expires = seg_info.owner_pubkey, seg_info.until
+            else:
+                raise BadSignature("a PUT needs a grant or a segment record")
         except BadSignature as exc:
             self._count("puts_unauthorized")
             await fs.send(ERR, E_UNAUTHORIZED, str(exc))
             return
+        if seg_blob is not None and seg_info is not None:
+            self._remember_segment(share_hash, seg_info, seg_blob)
         if self.store.has(share_hash):
             await fs.send(READY, 0)
-            self._add_owner(share_hash, grant)
+            self._add_owner(share_hash, owner, expires)
             self._count("puts_deduplicated")
             await fs.send(OK, {})
             return
@@ -231,17 +261,45 @@ class HostService:
             self._count("puts_refused_capacity")
             await fs.send(ERR, E_CAPACITY, str(exc))
             return
-        self._add_owner(share_hash, grant)
+        self._add_owner(share_hash, owner, expires)
         self._count("puts")
         self._count("bytes_in", size)
         await fs.send(OK, {})
         if self.on_stored:
             self.on_stored(share_hash)
 
-    def _add_owner(self, share_hash: bytes, grant: Grant) -> None:
+    def _add_owner(self, share_hash: bytes, owner: bytes, expires: int) -> None:
         owners = self.owners(share_hash)
-        owners[grant.owner_pubkey] = max(owners.get(grant.owner_pubkey, 0), grant.expires)
+        owners[owner] = max(owners.get(owner, 0), expires)
         self._set_owners(share_hash, owners)
+
+    # -- segments (for owner-less repair) ------------------------------------
+
+    def _segment_path(self, seg_id: bytes) -> Path:
+        return self.data_dir / "segments" / seg_id.hex()
+
+    def _remember_segment(self, share_hash: bytes, info: SegmentInfo, blob: bytes) -> None:
+        path = self._segment_path(info.segment_id)
+        if not path.exists():
+            atomic_write(path, blob)
+        self.segment_of[share_hash] = info.segment_id
+
+    def segments(self) -> dict[bytes, tuple[bytes, SegmentInfo]]:
+        """Segment records of the shares this host holds: seg_id -> (record blob, info)."""
+        out: dict[bytes, tuple[bytes, SegmentInfo]] = {}
+        seg_dir = self.data_dir / "segments"
+        if not seg_dir.is_dir():
+            return out
+        now = self.clock()
+        for path in seg_dir.iterdir():
+            try:
+                blob = path.read_bytes()
+                _, info = decode_segment_record(blob, now)
+            except (OSError, RecordRejected, RemoteProtocolError):
+                continue
+            if any(self.store.has(h) for h in info.shares):
+                out[info.segment_id] = (blob, info)
+        return out
 
     async def _get(self, fs: FrameStream, f: list[Any]) -> None:
         if len(f) != 1:

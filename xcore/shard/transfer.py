@@ -15,7 +15,9 @@ Session (both ends authenticate with their node keys, principle 4)::
                                        <-  HELLO_ACK [server_pubkey, nonce_s, sig_s]
     AUTH [sig_c]                       ->
     then any number of requests, one at a time:
-    PUT [hash, size, grant]            ->  (grant: owner-signed storage grant)
+    PUT [hash, size, grant|nil, seg|nil] -> (grant: owner-signed storage grant;
+                                              seg: the owner's signed segment record,
+                                              which also authorises repairs)
                                        <-  READY [need_data] | ERR
     DATA [bytes] ... (size bytes)      ->
                                        <-  OK [{}] | ERR
@@ -23,6 +25,7 @@ Session (both ends authenticate with their node keys, principle 4)::
                                        <-  SIZE [size] DATA ... | ERR
     DELETE [hash, owner_pubkey, ts, sig] -> OK | ERR
     STAT []                            ->  OK [{capacity, free, shares}]
+    HAS [hash]                         ->  OK [{has: bool, size}]
 
 ``sig_s`` signs ``tag || "server" || nonce_c || nonce_s || client_pubkey`` and
 ``sig_c`` signs ``tag || "client" || nonce_s || nonce_c || server_pubkey``: each
@@ -64,6 +67,7 @@ PUT, READY, DATA, OK, ERR = 10, 11, 12, 14, 15
 GET, SIZE = 20, 21
 DELETE = 30
 STAT = 40
+HAS = 41
 
 # error codes carried in ERR frames
 E_BAD_REQUEST, E_CAPACITY, E_DISK_FULL, E_CORRUPT, E_NOT_FOUND, E_UNAUTHORIZED, E_BUSY = range(1, 8)
@@ -292,11 +296,18 @@ class HostConnection:
                 self.fs.close()
                 raise
 
-    async def put_share(self, share_hash: bytes, data: bytes, grant: Grant) -> None:
+    async def put_share(self, share_hash: bytes, data: bytes, grant: Grant | None = None,
+                        seg_record: bytes | None = None) -> None:
+        """Store a share. ``grant`` is the owner's direct permission; a repair
+        sends ``seg_record`` (the owner's signed segment record) instead, and
+        an upload sends both so the host learns the segment for repair."""
         async def run() -> None:
             if len(data) > MAX_SHARE:
                 raise LocalProtocolError("share larger than 2 MiB")
-            await self.fs.send(PUT, share_hash, len(data), grant.encode())
+            if grant is None and seg_record is None:
+                raise LocalProtocolError("a PUT needs a grant or a segment record")
+            await self.fs.send(PUT, share_hash, len(data),
+                               grant.encode() if grant is not None else None, seg_record)
             ready = await self.fs.expect(READY)
             if ready and ready[0] == 0:  # the host has these bytes already
                 await self.fs.expect(OK)
@@ -339,6 +350,15 @@ class HostConnection:
             info = f[0] if f else None
             expect(isinstance(info, dict), "STAT: expected a map")
             return info  # type: ignore[no-any-return]
+        return await self._guard(run())  # type: ignore[no-any-return]
+
+    async def has_share(self, share_hash: bytes) -> bool:
+        async def run() -> bool:
+            await self.fs.send(HAS, share_hash)
+            f = await self.fs.expect(OK)
+            info = f[0] if f else None
+            expect(isinstance(info, dict), "HAS: expected a map")
+            return bool(info.get("has"))  # type: ignore[union-attr]
         return await self._guard(run())  # type: ignore[no-any-return]
 
     def close(self) -> None:

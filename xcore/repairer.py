@@ -1,0 +1,305 @@
+"""The repair loop of a running node: the I/O around :class:`RepairPlanner`.
+
+Every ``interval`` seconds the node probes the holders of every share of the
+segments it holds part of, lets the planner decide, and, where it is the
+leader of a segment below the repair threshold, claims it and repairs it
+(see :mod:`xcore.contracts.repair` for the rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import secrets
+import time as _time  # wall-clock durations for the report only
+from dataclasses import dataclass, field
+from typing import Any
+
+from xcore.bootstrap import parse_address
+from xcore.contracts.hosts import HostInfo, loc_address, loc_key
+from xcore.contracts.repair import RepairPlanner, TokenBucket, claim_key, make_claim, winning_claim
+from xcore.contracts.segments import SegmentInfo
+from xcore.contracts.selection import select_hosts
+from xcore.errors import NotEnoughShares, NotFound, XcoreError
+from xcore.net.aio import wait_op
+from xcore.shard.erasure import Redundancy, regenerate
+from xcore.shard.transfer import HostConnection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RepairEvent:
+    segment: str
+    leader: str
+    missing: list[int]
+    placed: dict[str, str]  # share index (as text: msgpack map keys) -> new host
+    bytes_down: int
+    bytes_up: int
+    seconds: float
+    ok: bool
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Repairer:
+    svc: Any  # NodeService
+    interval: float = 60.0
+    grace: float = 900.0
+    claim_ttl: float = 120.0
+    rate: float = 50e6  # bytes/s of repair traffic per node
+    planner: RepairPlanner = field(init=False)
+    bucket: TokenBucket = field(init=False)
+    events: list[RepairEvent] = field(default_factory=list)
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    _backoff: dict[bytes, tuple[float, float]] = field(default_factory=dict)
+    _loc_cache: dict[bytes, tuple[float, list[tuple[bytes, str]]]] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _running: bool = False
+
+    def __post_init__(self) -> None:
+        self.planner = RepairPlanner(self.svc.identity.node_id, self.grace)
+        self.bucket = TokenBucket(self.rate, self.rate * 2, stamp=self.svc.clock())
+        self.rng = random.SystemRandom()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    # -- plumbing ------------------------------------------------------------
+
+    async def _dht_get(self, key: bytes) -> list[Any]:
+        op = self.svc.driver.call(lambda t: self.svc.dht.get(key, t))
+        try:
+            return list((await wait_op(op, 60)).records)
+        except NotFound:
+            return []
+
+    async def _holders(self, share_hash: bytes, fresh: bool = False) -> list[tuple[bytes, str]]:
+        now = self.svc.clock()
+        cached = self._loc_cache.get(share_hash)
+        if cached is not None and not fresh and now - cached[0] < max(30.0, 5 * self.interval):
+            return cached[1]
+        out = []
+        for rec in await self._dht_get(loc_key(share_hash)):
+            try:
+                a = loc_address(rec)
+            except XcoreError:
+                continue
+            out.append((rec.signer_id, f"{a[0]}:{a[1]}"))
+        self._loc_cache[share_hash] = (now, out)
+        return out
+
+    async def _conn(self, host_id: bytes, addr: str) -> HostConnection:
+        return await HostConnection.connect(parse_address(addr), self.svc.identity, host_id,
+                                            secrets.token_bytes, timeout=5.0)
+
+    async def _probe(self, host_id: bytes, addr: str, share_hash: bytes) -> bool:
+        try:
+            conn = await self._conn(host_id, addr)
+        except (XcoreError, OSError, asyncio.TimeoutError):
+            return False
+        try:
+            return await conn.has_share(share_hash)
+        except (XcoreError, OSError, asyncio.TimeoutError):
+            return False
+        finally:
+            conn.close()
+
+    # -- the loop -------------------------------------------------------------
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            if not self.svc.joined:
+                continue
+            try:
+                await self.check_all()
+            except Exception:  # a repair bug must not stop the node
+                self._count("errors")
+                log.exception("repair round failed")
+
+    async def check_all(self) -> list[dict[str, Any]]:
+        host = self.svc.host
+        if host is None:
+            return []
+        self._running = True
+        try:
+            segs = await asyncio.to_thread(host.segments)
+            await asyncio.gather(*(self.check_segment(blob, info) for blob, info in segs.values()))
+            for gone in set(self.status) - {s.hex() for s in segs}:
+                del self.status[gone]
+            return list(self.status.values())
+        finally:
+            self._running = False
+
+    async def check_segment(self, blob: bytes, info: SegmentInfo) -> None:
+        own = self.svc.identity.node_id
+        now = self.svc.clock()
+        holders: dict[int, list[bytes]] = {}
+        addrs: dict[bytes, str] = {}
+        probes = []
+        for i, h in enumerate(info.shares):
+            found = await self._holders(h)
+            ids = []
+            if self.svc.host.store.has(h):
+                ids.append(own)
+                self.planner.observe(info.segment_id, i, own, True, now)
+            for hid, addr in found:
+                if hid == own or hid in ids:
+                    continue
+                ids.append(hid)
+                addrs[hid] = addr
+                probes.append((i, hid, addr, h))
+            holders[i] = ids
+        results = await asyncio.gather(*(self._probe(hid, addr, h) for i, hid, addr, h in probes))
+        now = self.svc.clock()
+        for (i, hid, _, _), ok in zip(probes, results):
+            self.planner.observe(info.segment_id, i, hid, ok, now)
+            if not ok:
+                self._loc_cache.pop(info.shares[i], None)  # look again next round
+        d = self.planner.decide(info.segment_id, info.n, info.threshold, holders, now)
+        self.status[info.segment_id.hex()] = {
+            "segment": info.segment_id.hex(), "k": info.k, "n": info.n,
+            "threshold": info.threshold, "healthy": len(d.healthy), "missing": d.missing,
+            "action": d.action, "leader": d.leader.hex() if d.leader else None,
+            "checked": now}
+        if d.action != "repair":
+            return
+        until, delay = self._backoff.get(info.segment_id, (0.0, 0.0))
+        if now < until:
+            return
+        ev = await self.repair(blob, info, d.missing, d.live_holders, addrs)
+        if ev is not None and not ev.ok:
+            delay = min(max(2 * delay, self.interval), 3600.0)
+            self._backoff[info.segment_id] = (self.svc.clock() + delay, delay)
+        elif ev is not None:
+            self._backoff.pop(info.segment_id, None)
+
+    async def _claim(self, info: SegmentInfo, alive: set[bytes]) -> bool:
+        rec = make_claim(self.svc.identity, info.segment_id, self.svc.clock(), self.claim_ttl)
+        op = self.svc.driver.call(lambda t: self.svc.dht.publish(rec, t))
+        try:
+            await wait_op(op, 30)
+        except XcoreError:
+            return False
+        claims = await self._dht_get(claim_key(info.segment_id))
+        win = winning_claim(claims + [rec], self.svc.clock(), alive | {self.svc.identity.node_id})
+        return win is not None and win.signer_id == self.svc.identity.node_id
+
+    async def repair(self, blob: bytes, info: SegmentInfo, missing: list[int],
+                     live: dict[int, list[bytes]], addrs: dict[bytes, str]) -> RepairEvent | None:
+        own = self.svc.identity.node_id
+        alive = {h for hs in live.values() for h in hs}
+        if not await self._claim(info, alive):
+            self._count("claims_lost")
+            return None
+        started = _time.monotonic()
+        ev = RepairEvent(info.segment_id.hex(), own.hex(), list(missing), {}, 0, 0, 0.0, False)
+        try:
+            red = Redundancy(info.k, info.n)
+            good: dict[int, bytes] = {}
+            for i, hs in live.items():
+                if len(good) >= info.k:
+                    break
+                for hid in hs:
+                    try:
+                        if hid == own:
+                            data = await asyncio.to_thread(self.svc.host.store.get, info.shares[i])
+                        else:
+                            conn = await self._conn(hid, addrs[hid])
+                            try:
+                                data = await conn.get_share(info.shares[i])
+                            finally:
+                                conn.close()
+                            ev.bytes_down += len(data)
+                            await asyncio.sleep(self.bucket.delay_for(len(data), self.svc.clock()))
+                        if hashlib.sha256(data).digest() == info.shares[i]:
+                            good[i] = data
+                            break
+                    except (XcoreError, OSError, asyncio.TimeoutError):
+                        continue
+            if len(good) < info.k:
+                raise NotEnoughShares(f"only {len(good)} of {info.k} shares could be fetched")
+            regenerated = regenerate(good, red, missing)
+            hosts = await self._candidates()
+            holders_now = set(alive)
+            for i in missing:
+                data = regenerated[i]
+                if hashlib.sha256(data).digest() != info.shares[i]:
+                    raise NotEnoughShares(f"regenerated share {i} does not match its hash")
+                # never place a share twice: someone may have repaired it meanwhile
+                again = await self._holders(info.shares[i], fresh=True)
+                if any([await self._probe(hid, a, info.shares[i]) for hid, a in again]):
+                    self._count("already_repaired")
+                    continue
+                placed = False
+                avoid = set(holders_now) | {own}
+                for _ in range(8):
+                    pick = select_hosts(hosts, 1, rng=self.rng, now=self.svc.clock(),
+                                        need_bytes=len(data), exclude=avoid)
+                    if not pick:
+                        break
+                    target = pick[0]
+                    avoid.add(target.node_id)
+                    try:
+                        conn = await HostConnection.connect(target.addr, self.svc.identity,
+                                                            target.node_id, secrets.token_bytes, 5.0)
+                        try:
+                            await asyncio.sleep(self.bucket.delay_for(len(data), self.svc.clock()))
+                            await conn.put_share(info.shares[i], data, None, blob)
+                        finally:
+                            conn.close()
+                    except (XcoreError, OSError, asyncio.TimeoutError):
+                        continue
+                    ev.bytes_up += len(data)
+                    ev.placed[str(i)] = target.node_id.hex()
+                    holders_now.add(target.node_id)
+                    self._loc_cache.pop(info.shares[i], None)
+                    placed = True
+                    break
+                if not placed:
+                    raise NotEnoughShares(f"no new host took share {i}")
+            ev.ok = True
+            self._count("repairs")
+            self._count("repair_bytes", ev.bytes_down + ev.bytes_up)
+        except XcoreError as exc:
+            ev.error = str(exc)
+            self._count("repairs_failed")
+        ev.seconds = round(_time.monotonic() - started, 3)
+        self.events.append(ev)
+        del self.events[:-100]
+        log.info("repair of segment %s: %s", ev.segment[:12], ev.as_dict())
+        return ev
+
+    async def _candidates(self) -> list[HostInfo]:
+        from xcore.contracts.hosts import HOST_SHARDS, host_shard_key
+        shards = await asyncio.gather(*(self._dht_get(host_shard_key(i)) for i in range(HOST_SHARDS)))
+        best: dict[bytes, HostInfo] = {}
+        for recs in shards:
+            for rec in recs:
+                try:
+                    h = HostInfo.from_record(rec)
+                except XcoreError:
+                    continue
+                if h.node_id not in best or h.seen > best[h.node_id].seen:
+                    best[h.node_id] = h
+        return list(best.values())
+
+    def report(self) -> dict[str, Any]:
+        return {"segments": sorted(self.status.values(), key=lambda s: s["segment"]),
+                "events": [e.as_dict() for e in self.events[-20:]],
+                "counters": dict(sorted(self.counters.items())),
+                "interval": self.interval, "grace": self.grace}
