@@ -156,7 +156,6 @@ BUG_PORT = ("BUG: xcore/bootstrap.py parse_address checks the port with str.isdi
             "escapes instead of ConfigError")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=BUG_PORT)
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=400), st.lists(_line, max_size=8).map("\n".join)))
 @example("h:\u00b2")                 # superscript two: isdigit() but not int()
@@ -166,15 +165,11 @@ def test_any_text_parses_or_raises_config_error(text: str) -> None:
     _check(text)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=BUG_PORT)
 def test_superscript_digit_port_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         parse_bootstrap("# seeds\nseed.example:4\u00b2\n")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: parse_address (xcore/bootstrap.py) splits an unbracketed IPv6 address at its last "
-    "colon: '2001:db8::1' becomes host '2001:db8:' port 1 instead of a clear ConfigError"))
 @pytest.mark.parametrize("text", ["2001:db8::1", "::1:4000", "fe80::1:4000"])
 def test_unbracketed_ipv6_is_refused(text: str) -> None:
     with pytest.raises(ConfigError, match="bracket|\\["):

@@ -32,9 +32,11 @@ def parse_address(text: str) -> tuple[str, int]:
         host, sep, port_s = text.rpartition(":")
         if not sep:
             raise ConfigError(f"bad address {text!r}: expected host:port")
+        if ":" in host:
+            raise ConfigError(f"bad address {text!r}: write IPv6 addresses as [addr]:port")
     if not host or len(host) > 253 or any(c.isspace() for c in host):
         raise ConfigError(f"bad address {text!r}: bad host")
-    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+    if not (port_s.isascii() and port_s.isdigit()) or not 1 <= int(port_s) <= 65535:
         raise ConfigError(f"bad address {text!r}: port must be 1-65535")
     return host, int(port_s)
 

@@ -179,10 +179,6 @@ def test_every_single_byte_change_is_caught() -> None:
     assert len(harmless) <= 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Record.decode accepts non-canonical msgpack: the version as True/1.0 "
-    "(== check, xcore/dht/records.py:106) and ints in a wider/signed spelling, so one "
-    "signed record has many byte encodings"))
 @pytest.mark.parametrize("index,new_byte", [
     (1, 0xC3),    # version 1 spelled as msgpack True
     (41, 0xD2),   # expires spelled int32 instead of uint32

@@ -86,7 +86,8 @@ def test_init_creates_private_key_and_config(base: Path) -> None:
     config = json.loads((data / "config.json").read_text())
     assert config == {"version": 1, "host": "127.0.0.1", "port": 4711, "capacity": 10 << 30,
                       "bootstrap": [f"127.0.0.1:4000 {SEED_ID}", "[::1]:4001"],
-                      "difficulty": 6, "diversity": True}
+                      "difficulty": 6, "diversity": True,
+                      "repair_interval": 60.0, "repair_grace": 900.0}
     assert info["data"] == str(data) and info["capacity"] == 10 << 30
 
 

@@ -30,6 +30,8 @@ STORED      [status:uint]               0 ok, 1 rejected
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -63,9 +65,21 @@ class ContactInfo:
     def decode(cls, v: Any) -> "ContactInfo":
         v = as_list(v, "contact", 3)
         expect(len(v) == 3, "contact: expected 3 fields")
-        return cls(as_bytes(v[0], "contact key", size=PUBKEY_BYTES),
-                   as_str(v[1], "contact host", MAX_HOST),
+        host = as_str(v[1], "contact host", MAX_HOST)
+        expect(_is_ip_literal(host), "contact host: expected an IP address")
+        return cls(as_bytes(v[0], "contact key", size=PUBKEY_BYTES), host,
                    as_int(v[2], "contact port", 1, 65535))
+
+
+@functools.lru_cache(maxsize=65536)
+def _is_ip_literal(host: str) -> bool:
+    """Peers hand out IP addresses only: no names (a blocking DNS lookup in
+    the event loop), no unspecified or multicast addresses."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not (ip.is_unspecified or ip.is_multicast)
 
 
 def _contacts(v: Any) -> tuple[ContactInfo, ...]:
@@ -235,7 +249,7 @@ def decode_datagram(data: bytes) -> Message:
     auth = as_bytes(outer[2], "auth", size=SIG_BYTES if auth_kind == AUTH_SIG else MAC_BYTES)
     doc = as_list(unpack_bounded(payload, MAX_DATAGRAM, MAX_RECORDS_PER_VALUE + 8), "payload", 7)
     expect(len(doc) == 7, "payload: expected 7 fields")
-    expect(doc[0] == VERSION, "payload: unknown version")
+    expect(type(doc[0]) is int and doc[0] == VERSION, "payload: unknown version")
     mtype = as_int(doc[1], "type", 0, 255)
     cls = BODY_TYPES.get(mtype)
     expect(cls is not None, "payload: unknown message type")

@@ -52,7 +52,7 @@ from xcore.crypto.identity import (
     ID_BYTES, Identity, check_pubkey, mac, node_id_of, verify,
 )
 from xcore.dht.messages import (
-    AUTH_MAC, AUTH_SIG, MAX_DATAGRAM, RID_BYTES, Address, Body, ContactInfo, FindNode,
+    AUTH_MAC, AUTH_SIG, MAX_DATAGRAM, MAX_RECORDS_PER_VALUE, RID_BYTES, Address, Body, ContactInfo, FindNode,
     FindValue, Message, Nodes, Ping, Pong, Store, Stored, Value, auth_bytes,
     decode_datagram, encode_datagram, encode_payload, RESPONSE_FOR,
 )
@@ -247,6 +247,8 @@ class DHTNode:
         self._rate: dict[Address, _RateBucket] = {}
         self._pinging: set[bytes] = set()
         self._republished: dict[tuple[bytes, bytes], float] = {}
+        self._seeds: list[tuple[Address, bytes | None]] = []
+        self._verifying: set[bytes] = set()
         self._last_republish = now
         self._now = now
         self.started = now
@@ -308,7 +310,10 @@ class DHTNode:
                 return
             self._seen[key] = now
             self._handle_request(msg, contact, addr, now)
-            self._saw_alive(contact, now)
+            if msg.auth_kind == AUTH_MAC or sender_id in self.routing:
+                self._saw_alive(contact, now)
+            else:
+                self._verify_then_add(contact, now)
         else:
             pending = self._pending.get(msg.rid)
             if (pending is None or pending.addr != addr
@@ -334,6 +339,7 @@ class DHTNode:
         self._now = now
         op: Operation[int] = Operation("join")
         waiting = {"n": len(seeds)}
+        self._seeds = [(a, i) for a, i in seeds][:16]
 
         def after_pings(t: float) -> None:
             if not len(self.routing):
@@ -516,6 +522,23 @@ class DHTNode:
     def _info(self, c: Contact) -> ContactInfo:
         return ContactInfo(c.pubkey, c.ip, c.port)
 
+    def _verify_then_add(self, contact: Contact, now: float) -> None:
+        """A signed request may be a replay of someone's first contact, sent
+        from another address: before trusting the address, ping it with a MAC
+        only the key's owner can answer."""
+        if contact.id in self._verifying or len(self._verifying) > 256:
+            return
+        self._verifying.add(contact.id)
+        cid = contact.id
+
+        def ok(msg: Message, c: Contact, t: float) -> None:
+            self._verifying.discard(cid)
+
+        def fail(t: float) -> None:
+            self._verifying.discard(cid)
+            self._count("unverified_contacts")
+        self._request(contact.address, contact.id, contact.pubkey, Ping(), now, ok, fail)
+
     def _saw_alive(self, contact: Contact, now: float) -> None:
         was_new = contact.id not in self.routing
         head = self.routing.add(contact, now)
@@ -584,6 +607,8 @@ class DHTNode:
             budget = MAX_DATAGRAM - 400 - sum(len(c.pubkey) + len(c.host) + 8 for c in infos)
             recs: list[bytes] = []
             for r in self.store.get(body.key, now):
+                if len(recs) >= MAX_RECORDS_PER_VALUE:
+                    break
                 blob = r.encode()
                 if len(blob) + 4 > budget:
                     continue
@@ -623,7 +648,9 @@ class DHTNode:
         if find_value:
             for r in self.store.get(target, now):
                 lk.records[r.signer_id] = r
-        seeds = self.routing.closest(target, self.config.ksize)
+        # More seeds than k: NodeHeap shows only the k closest, the rest come
+        # into view as dead ones time out (else k dead contacts end a lookup).
+        seeds = self.routing.closest(target, 3 * self.config.ksize)
         if not seeds:
             if find_value and lk.records:
                 op.set_result(LookupResult([], self._sorted(lk.records), 0, 0))
@@ -735,15 +762,26 @@ class DHTNode:
                                       int(now) + ttl)
                 self.published[k] = fresh
                 self.put(fresh, now)
-        # hourly republish of records we hold, skipping those that arrived recently
-        if now - self._last_republish >= cfg.republish_interval:
-            self._last_republish = now
-            for rec in list(self.store):
-                got = self.store.received.get((rec.key, rec.signer_id), 0.0)
-                if now - got < cfg.republish_interval:
-                    continue
-                self._count("republished")
-                self._store_at_closest(rec, now, Operation("republish"), 1)
+        # republish each record we hold once an hour, skipping those somebody
+        # else stored here within the hour (paper section 2.5)
+        for rec in list(self.store):
+            k = (rec.key, rec.signer_id)
+            got = max(self.store.received.get(k, 0.0), self._republished.get(k, 0.0))
+            if now - got < cfg.republish_interval:
+                continue
+            self._republished[k] = now
+            self._count("republished")
+            self._store_at_closest(rec, now, Operation("republish"), 1)
+        if len(self._republished) > 2 * len(self.store) + 1024:
+            live = {(r.key, r.signer_id) for r in self.store}
+            self._republished = {k: v for k, v in self._republished.items() if k in live}
+        # recover from partitions: with too few contacts, go back to the seeds
+        # and to contacts we evicted (a healed partition brings them back)
+        if len(self.routing) < cfg.ksize and (self._seeds or self.routing.evicted):
+            again = list(self._seeds) + [((c.ip, c.port), c.id) for c in self.routing.evicted[-8:]]
+            for addr, nid in again:
+                self._request(addr, nid, None, Ping(), now, lambda m, c, t: None, lambda t: None)
+            self._count("rejoin_pings", len(again))
         self._schedule(now + cfg.maintenance_interval, self._maintenance)
 
     # -- persistence ----------------------------------------------------------------
@@ -776,10 +814,12 @@ class DHTNode:
                 continue
             try:
                 rec = Record.decode(blob)
-            except RemoteProtocolError:
+                rec.verify_signature()
+            except (RemoteProtocolError, BadSignature):
                 continue
-            if rec.signer_pubkey == self.identity.pubkey:
-                self.published[(rec.kind, rec.key)] = rec
+            if kind_spec(rec.kind) is None or rec.expires <= now:
+                continue
+            self.published[(rec.kind, rec.key)] = rec
 
     def status(self) -> dict[str, Any]:
         return {

@@ -103,8 +103,8 @@ class Record:
         """Structural decode; raises :class:`RemoteProtocolError`. Does not verify."""
         doc = as_list(unpack_bounded(data, MAX_RECORD_BYTES, 16), "record", 8)
         expect(len(doc) == 8, "record: expected 8 fields")
-        expect(doc[0] == RECORD_VERSION, "record: unknown version")
-        return cls(
+        expect(type(doc[0]) is int and doc[0] == RECORD_VERSION, "record: unknown version")
+        rec = cls(
             kind=as_str(doc[1], "record kind", 32),
             key=as_bytes(doc[2], "record key", size=ID_BYTES),
             value=as_bytes(doc[3], "record value", max_size=MAX_RECORD_BYTES),
@@ -113,6 +113,9 @@ class Record:
             signer_pubkey=as_bytes(doc[6], "record signer", size=PUBKEY_BYTES),
             signature=as_bytes(doc[7], "record signature", size=SIG_BYTES),
         )
+        # one signed record, one byte string: refuse other msgpack spellings
+        expect(rec.encode() == bytes(data), "record: non-canonical encoding")
+        return rec
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,7 @@ class RoutingTable:
         self.contacts: dict[bytes, Contact] = {}
         self.table_groups: dict[str, int] = {}
         self.rejected_diversity = 0
+        self.evicted: list[Contact] = []  # recently evicted, to retry after a partition
 
     def _clock(self) -> float:
         return self.now
@@ -216,6 +217,8 @@ class RoutingTable:
             return
         bucket.nodes.pop(node_id, None)
         self._count(c, -1)
+        self.evicted.append(c)
+        del self.evicted[:-64]
         while bucket.replacement_nodes:
             _, repl = bucket.replacement_nodes.popitem(last=True)
             if repl.id in self.contacts or not self._group_ok(bucket, repl):
@@ -238,7 +241,7 @@ class RoutingTable:
 
     def closest(self, target: bytes, k: int | None = None,
                 exclude: bytes | None = None) -> list[Contact]:
-        k = k or self.ksize
+        k = self.ksize if k is None else k
         t = int.from_bytes(target, "big")
         cands = [c for c in self.contacts.values() if c.id != exclude]
         cands.sort(key=lambda c: c.long_id ^ t)
