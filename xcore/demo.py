@@ -27,6 +27,7 @@ from typing import Any
 
 from xcore.control import call
 from xcore.devnet import down, up
+from xcore.errors import XcoreError
 from xcore.node import DEFAULT_DIFFICULTY
 
 MiB = 1 << 20
@@ -57,16 +58,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-async def as_client(data: Path, seed: str, fn: Any) -> Any:
-    """Run ``fn(client)`` as a short-lived client from ``data`` (keys only)."""
-    from xcore.bootstrap import parse_seed
+async def as_client(data: Path, seeds: list[str], fn: Any) -> Any:
+    """Run ``fn(client)`` as a short-lived client from ``data`` (keys only),
+    bootstrapping from the devnet's seed list (some of which may be dead)."""
     from xcore.client.files import Client
     from xcore.client.keys import load_owner_keys
     from xcore.node import CONFIG_NAME, NodeService, init_node
     if not (data / CONFIG_NAME).exists():
-        init_node(data, capacity=0, bootstrap=[seed], difficulty=DEFAULT_DIFFICULTY)
+        init_node(data, capacity=0, bootstrap=seeds, difficulty=DEFAULT_DIFFICULTY)
     keys = load_owner_keys(data, os.environ["XCORE_PASSPHRASE"])
-    async with NodeService(data, ephemeral=True, extra_seeds=[parse_seed(seed)]) as svc:
+    async with NodeService(data, ephemeral=True) as svc:
         await svc.join()
         client = Client(svc, keys)
         try:
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     nodes = {n["node_id"]: n for n in info["nodes"]}
     try:
         return asyncio.run(_story(args, directory, info, nodes, t0))
+    except XcoreError as exc:
+        say(f"error: {exc}")
+        return 1
     finally:
         if not args.keep:
             down(directory)
@@ -106,7 +110,9 @@ async def _story(args: Any, directory: Path, info: dict[str, Any], nodes: dict[s
     import secrets
     from xcore.client.keys import argon2_params_from_env, create_keystore, import_keystore
     from xcore.contracts.segments import segment_id
-    seed = info["seed"]
+    from xcore.bootstrap import format_seed, parse_address
+    seed = [format_seed(parse_address(n["address"]), bytes.fromhex(n["node_id"]))
+            for n in info["nodes"]]
     owner_dir, fresh_dir = directory / "owner", directory / "fresh-client"
     words = create_keystore(owner_dir, os.environ["XCORE_PASSPHRASE"], token_bytes=secrets.token_bytes,
                             params=argon2_params_from_env())

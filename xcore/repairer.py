@@ -151,8 +151,8 @@ class Repairer:
         holders: dict[int, list[bytes]] = {}
         addrs: dict[bytes, str] = {}
         probes = []
-        for i, h in enumerate(info.shares):
-            found = await self._holders(h)
+        located = await asyncio.gather(*(self._holders(h) for h in info.shares))
+        for i, (h, found) in enumerate(zip(info.shares, located)):
             ids = []
             if self.svc.host.store.has(h):
                 ids.append(own)
@@ -234,15 +234,18 @@ class Repairer:
             if len(good) < info.k:
                 raise NotEnoughShares(f"only {len(good)} of {info.k} shares could be fetched")
             regenerated = regenerate(good, red, missing)
-            hosts = await self._candidates()
+            hosts, again = await asyncio.gather(
+                self._candidates(),
+                asyncio.gather(*(self._holders(info.shares[i], fresh=True) for i in missing)))
             holders_now = set(alive)
-            for i in missing:
+            for i, holders_of_i in zip(missing, again):
                 data = regenerated[i]
                 if hashlib.sha256(data).digest() != info.shares[i]:
                     raise NotEnoughShares(f"regenerated share {i} does not match its hash")
                 # never place a share twice: someone may have repaired it meanwhile
-                again = await self._holders(info.shares[i], fresh=True)
-                if any([await self._probe(hid, a, info.shares[i]) for hid, a in again]):
+                found = await asyncio.gather(*(self._probe(hid, a, info.shares[i])
+                                               for hid, a in holders_of_i))
+                if any(found):
                     self._count("already_repaired")
                     continue
                 placed = False

@@ -1,0 +1,331 @@
+"""Storage contracts: what an owner and a host agreed about one share (DESIGN.md principle 8).
+
+A contract names the share (its SHA-256 hash and size), the Merkle root of
+its 1 KiB audit blocks (:data:`AUDIT_BLOCK`, tree shape in
+:mod:`xcore.crypto.merkle`), the erasure parameters of its segment, the term
+and the price, and both parties' keys. Both parties sign it, so anybody who
+holds it can check an audit answer against the root (:mod:`.audit`) and can
+tell which host owes which share for which period (:mod:`.payout`).
+
+Layouts (msgpack arrays, version first; ints are unsigned)::
+
+    contract body = [1, share_hash:bin32, size, merkle_root:bin32, block_size,
+                     k, n, start, end, price, host_id:bin20,
+                     host_pubkey:bin32, owner_pubkey:bin32]
+
+        size        share bytes, 0 .. MAX_SHARE_SIZE (2 MiB)
+        block_size  the Merkle block size; version 1 requires AUDIT_BLOCK (1024)
+        k, n        erasure parameters of the segment, 1 <= k <= n <= 256
+        start, end  the term, unix seconds, start < end
+        price       integer micro-euros per GB-month (GB = 10**9 bytes)
+        host_id     node_id_of(host_pubkey); checked by verify()
+
+    signing bytes = b"xcore-contract-v1" || canonical(contract body)
+
+    signed contract = [1, contract body, owner_sig:bin0|bin64, host_sig:bin0|bin64]
+
+An empty signature means "not signed yet": the owner signs first and sends
+the half-signed contract with the share; the host checks the share against
+it (:meth:`Contract.matches`) before adding its signature. Only contracts
+with both signatures are valid anywhere else.
+
+DHT record kind ``contract``: key ``contract_key(share_hash)`` =
+``dht_key(share_hash, namespace=b"contract")``, value the encoded signed
+contract, written by the contract's owner or host (nobody else). A key holds
+one entry per signer, so with mirrors (``k = 1``: n hosts store the same
+share hash) each *host* publishes its own contract; the owner's single entry
+under that key holds only its latest one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Any
+
+from xcore.codec import as_bytes, as_int, as_list, canonical, expect, pack, unpack_bounded
+from xcore.crypto.identity import ID_BYTES, PUBKEY_BYTES, SIG_BYTES, Identity, node_id_of, verify
+from xcore.crypto.merkle import MerkleTree, block_count
+from xcore.dht.records import KindSpec, Record, dht_key, register_kind
+from xcore.errors import (
+    BadIdentity, BadSignature, LocalProtocolError, RecordRejected, RemoteProtocolError,
+)
+from xcore.shard.erasure import MAX_N, MAX_SHARE_SIZE
+
+CONTRACT_VERSION = 1
+CONTRACT_TAG = b"xcore-contract-v1"
+AUDIT_BLOCK = 1024
+HASH_BYTES = 32
+MAX_TIME = 2**40
+MAX_PRICE = 2**62
+MAX_CONTRACT_BYTES = 512  # an encoded signed contract is about 330 bytes
+CONTRACT_MAX_TTL = 400 * 24 * 3600
+CONTRACT_GRACE = 35 * 24 * 3600  # a record may outlive its term by a payout period
+_BODY_FIELDS = 13
+
+
+def share_merkle_root(data: bytes) -> bytes:
+    """The Merkle root of ``data`` cut into :data:`AUDIT_BLOCK`-byte blocks."""
+    return MerkleTree.from_blocks(_blocks(data)).root
+
+
+def share_tree(data: bytes) -> MerkleTree:
+    """The whole Merkle tree of ``data`` over :data:`AUDIT_BLOCK`-byte blocks (for proofs)."""
+    return MerkleTree.from_blocks(_blocks(data))
+
+
+def _blocks(data: bytes) -> list[bytes]:
+    mv = memoryview(data)
+    return [bytes(mv[i:i + AUDIT_BLOCK]) for i in range(0, len(data), AUDIT_BLOCK)]
+
+
+def leaf_count_of(size: int) -> int:
+    """Leaves of the audit tree of a ``size``-byte share: ceil(size / 1024), at least 1."""
+    return block_count(size, AUDIT_BLOCK)
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """The terms one owner and one host agreed for one share."""
+
+    share_hash: bytes
+    size: int
+    merkle_root: bytes
+    block_size: int
+    k: int
+    n: int
+    start: int
+    end: int
+    price: int
+    host_id: bytes
+    host_pubkey: bytes
+    owner_pubkey: bytes
+
+    @classmethod
+    def for_share(cls, data: bytes, *, k: int, n: int, start: int, end: int, price: int,
+                  host_pubkey: bytes, owner_pubkey: bytes) -> "Contract":
+        """The contract for ``data`` (the owner's side: hashes and roots computed here)."""
+        c = cls(hashlib.sha256(data).digest(), len(data), share_merkle_root(data), AUDIT_BLOCK,
+                k, n, start, end, price, node_id_of(host_pubkey), host_pubkey, owner_pubkey)
+        problem = _field_problem(c)
+        if problem is not None:
+            raise LocalProtocolError(f"contract: {problem}")
+        return c
+
+    @property
+    def leaf_count(self) -> int:
+        return leaf_count_of(self.size)
+
+    def body(self) -> list[Any]:
+        return [CONTRACT_VERSION, self.share_hash, self.size, self.merkle_root, self.block_size,
+                self.k, self.n, self.start, self.end, self.price, self.host_id,
+                self.host_pubkey, self.owner_pubkey]
+
+    def signing_bytes(self) -> bytes:
+        return CONTRACT_TAG + canonical(self.body())
+
+    def digest(self) -> bytes:
+        """SHA-256 of the signing bytes: names this exact contract."""
+        return hashlib.sha256(self.signing_bytes()).digest()
+
+    def matches(self, data: bytes) -> bool:
+        """True iff ``data`` is the share this contract is about (hash, size and Merkle root).
+
+        A host must check this before signing: a contract whose root does not
+        match the share would let anybody turn the host's honest audit
+        answers into "failures".
+        """
+        return (len(data) == self.size
+                and hashlib.sha256(data).digest() == self.share_hash
+                and share_merkle_root(data) == self.merkle_root)
+
+    @classmethod
+    def from_body(cls, v: Any) -> "Contract":
+        """Decode a contract body; raises :class:`RemoteProtocolError`."""
+        v = as_list(v, "contract", _BODY_FIELDS)
+        expect(len(v) == _BODY_FIELDS, f"contract: expected {_BODY_FIELDS} fields")
+        expect(type(v[0]) is int and v[0] == CONTRACT_VERSION, "contract: unknown version")
+        c = cls(
+            share_hash=as_bytes(v[1], "contract share hash", size=HASH_BYTES),
+            size=as_int(v[2], "contract size", 0, MAX_SHARE_SIZE),
+            merkle_root=as_bytes(v[3], "contract merkle root", size=HASH_BYTES),
+            block_size=as_int(v[4], "contract block size", 1, 1 << 30),
+            k=as_int(v[5], "contract k", 1, MAX_N),
+            n=as_int(v[6], "contract n", 1, MAX_N),
+            start=as_int(v[7], "contract start", 0, MAX_TIME),
+            end=as_int(v[8], "contract end", 0, MAX_TIME),
+            price=as_int(v[9], "contract price", 0, MAX_PRICE),
+            host_id=as_bytes(v[10], "contract host id", size=ID_BYTES),
+            host_pubkey=as_bytes(v[11], "contract host key", size=PUBKEY_BYTES),
+            owner_pubkey=as_bytes(v[12], "contract owner key", size=PUBKEY_BYTES),
+        )
+        problem = _field_problem(c)
+        expect(problem is None, f"contract: {problem}")
+        return c
+
+    def encode(self) -> bytes:
+        return pack(self.body())
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Contract":
+        c = cls.from_body(unpack_bounded(data, MAX_CONTRACT_BYTES, 32))
+        expect(c.encode() == bytes(data), "contract: non-canonical encoding")
+        return c
+
+
+def _field_problem(c: Contract) -> str | None:
+    """Why ``c``'s fields are out of range, or None."""
+    checks: list[tuple[bool, str]] = [
+        (isinstance(c.share_hash, bytes) and len(c.share_hash) == HASH_BYTES, "share hash must be 32 bytes"),
+        (isinstance(c.merkle_root, bytes) and len(c.merkle_root) == HASH_BYTES, "merkle root must be 32 bytes"),
+        (isinstance(c.host_id, bytes) and len(c.host_id) == ID_BYTES, "host id must be 20 bytes"),
+        (isinstance(c.host_pubkey, bytes) and len(c.host_pubkey) == PUBKEY_BYTES, "host key must be 32 bytes"),
+        (isinstance(c.owner_pubkey, bytes) and len(c.owner_pubkey) == PUBKEY_BYTES, "owner key must be 32 bytes"),
+        (0 <= c.size <= MAX_SHARE_SIZE, "size out of range"),
+        (c.block_size == AUDIT_BLOCK, f"block size must be {AUDIT_BLOCK}"),
+        (1 <= c.k <= c.n <= MAX_N, "need 1 <= k <= n <= 256"),
+        (0 <= c.start < c.end <= MAX_TIME, "need start < end"),
+        (0 <= c.price <= MAX_PRICE, "price out of range"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            return what
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedContract:
+    """A contract with the owner's and the host's signatures (``b""`` = not signed yet)."""
+
+    contract: Contract
+    owner_sig: bytes = b""
+    host_sig: bytes = b""
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.owner_sig) and bool(self.host_sig)
+
+    def sign_as_owner(self, identity: Identity) -> "SignedContract":
+        if identity.pubkey != self.contract.owner_pubkey:
+            raise LocalProtocolError("only the contract's owner can sign as owner")
+        self._check_local()
+        return replace(self, owner_sig=identity.sign(self.contract.signing_bytes()))
+
+    def sign_as_host(self, identity: Identity) -> "SignedContract":
+        if identity.pubkey != self.contract.host_pubkey:
+            raise LocalProtocolError("only the contract's host can sign as host")
+        self._check_local()
+        return replace(self, host_sig=identity.sign(self.contract.signing_bytes()))
+
+    def _check_local(self) -> None:
+        problem = _field_problem(self.contract)
+        if problem is None and self.contract.host_id != node_id_of(self.contract.host_pubkey):
+            problem = "host id does not match the host key"
+        if problem is not None:
+            raise LocalProtocolError(f"contract: {problem}")
+
+    def verify_owner(self) -> None:
+        """Check the owner's signature alone (the host's check of an offer)."""
+        verify(self.contract.owner_pubkey, self.contract.signing_bytes(), self.owner_sig)
+
+    def verify(self) -> None:
+        """Check both signatures and that host_id belongs to host_pubkey.
+
+        Raises :class:`BadSignature` or :class:`BadIdentity` (both
+        :class:`RemoteProtocolError`). A host cannot contract with itself.
+        """
+        c = self.contract
+        if c.host_id != node_id_of(c.host_pubkey):
+            raise BadIdentity("contract host id does not match the host key")
+        if c.host_pubkey == c.owner_pubkey:
+            raise BadIdentity("contract owner and host are the same key")
+        if not self.complete:
+            raise BadSignature("contract is not signed by both owner and host")
+        msg = c.signing_bytes()
+        verify(c.owner_pubkey, msg, self.owner_sig)
+        verify(c.host_pubkey, msg, self.host_sig)
+
+    def encode(self) -> bytes:
+        return pack([CONTRACT_VERSION, self.contract.body(), self.owner_sig, self.host_sig])
+
+    @classmethod
+    def from_list(cls, v: Any) -> "SignedContract":
+        v = as_list(v, "signed contract", 4)
+        expect(len(v) == 4, "signed contract: expected 4 fields")
+        expect(type(v[0]) is int and v[0] == CONTRACT_VERSION, "signed contract: unknown version")
+        owner_sig = as_bytes(v[2], "owner signature", max_size=SIG_BYTES)
+        host_sig = as_bytes(v[3], "host signature", max_size=SIG_BYTES)
+        expect(len(owner_sig) in (0, SIG_BYTES), "owner signature: expected 0 or 64 bytes")
+        expect(len(host_sig) in (0, SIG_BYTES), "host signature: expected 0 or 64 bytes")
+        return cls(Contract.from_body(v[1]), owner_sig, host_sig)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "SignedContract":
+        """Structural decode; raises :class:`RemoteProtocolError`. Does not verify."""
+        sc = cls.from_list(unpack_bounded(data, MAX_CONTRACT_BYTES, 32))
+        expect(sc.encode() == bytes(data), "signed contract: non-canonical encoding")
+        return sc
+
+
+def contract_of(c: Contract | SignedContract) -> Contract:
+    return c.contract if isinstance(c, SignedContract) else c
+
+
+# -- DHT records --------------------------------------------------------------
+
+
+def contract_key(share_hash: bytes) -> bytes:
+    return dht_key(share_hash, namespace=b"contract")
+
+
+def parse_contract_record(rec: Record) -> SignedContract:
+    """The signed contract in a ``contract`` record, fully checked.
+
+    Raises :class:`RecordRejected` unless the value is a contract signed by
+    both parties, filed under its share's key and written by its owner or host.
+    (The record's own signature is the store's business: :func:`xcore.dht.records.validate`.)
+    """
+    if rec.kind != "contract":
+        raise RecordRejected("not a contract record")
+    try:
+        sc = SignedContract.decode(rec.value)
+        sc.verify()
+    except RemoteProtocolError as exc:
+        raise RecordRejected(f"bad contract record: {exc}") from exc
+    c = sc.contract
+    if rec.key != contract_key(c.share_hash):
+        raise RecordRejected("contract record: key does not match the share")
+    if rec.signer_pubkey not in (c.owner_pubkey, c.host_pubkey):
+        raise RecordRejected("contract record: signer is neither owner nor host")
+    if rec.expires > c.end + CONTRACT_GRACE:
+        raise RecordRejected("contract record outlives its contract")
+    return sc
+
+
+def _check_contract_value(rec: Record) -> None:
+    parse_contract_record(rec)
+
+
+register_kind(KindSpec("contract", max_value=MAX_CONTRACT_BYTES, max_ttl=CONTRACT_MAX_TTL,
+                       max_entries=64, validate_value=_check_contract_value))
+
+
+def make_contract_record(signer: Identity, sc: SignedContract, now: float) -> Record:
+    """A ``contract`` record for ``sc``, signed by its owner or its host."""
+    c = sc.contract
+    if signer.pubkey not in (c.owner_pubkey, c.host_pubkey):
+        raise LocalProtocolError("only the contract's owner or host may publish it")
+    if not sc.complete:
+        raise LocalProtocolError("a contract needs both signatures before it is published")
+    expires = min(c.end + CONTRACT_GRACE, int(now) + CONTRACT_MAX_TTL)
+    if expires <= now:
+        raise LocalProtocolError("the contract has ended")
+    return Record.create(signer, "contract", contract_key(c.share_hash), sc.encode(),
+                         int(now * 1000), expires)
+
+
+__all__ = [
+    "AUDIT_BLOCK", "CONTRACT_TAG", "Contract", "SignedContract", "contract_key", "contract_of",
+    "leaf_count_of", "make_contract_record", "parse_contract_record",
+    "share_merkle_root", "share_tree",
+]
