@@ -80,7 +80,7 @@ def _check(rec: Record) -> None:
         raise RecordRejected(f"bad seg record: {exc}") from exc
 
 
-register_kind(KindSpec("seg", max_value=12 * 1024, max_ttl=SEG_MAX_TTL, max_entries=8,
+register_kind(KindSpec("seg", max_value=5 * 1024, max_ttl=SEG_MAX_TTL, max_entries=8,
                        validate_value=_check))
 
 

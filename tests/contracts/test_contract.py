@@ -1,0 +1,282 @@
+"""Storage contracts: Merkle roots over 1 KiB blocks, signatures, codec, ``contract`` records."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import random
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from xcore.contracts.contract import (
+    AUDIT_BLOCK,
+    CONTRACT_GRACE,
+    CONTRACT_TAG,
+    Contract,
+    SignedContract,
+    contract_key,
+    make_contract_record,
+    parse_contract_record,
+    share_merkle_root,
+    share_tree,
+)
+from xcore.crypto.identity import Identity, node_id_of
+from xcore.crypto.merkle import MerkleTree, merkle_root, iter_blocks
+from xcore.dht.records import Record, RecordStore, validate
+from xcore.errors import (
+    BadIdentity, BadSignature, LocalProtocolError, RecordRejected, RemoteProtocolError,
+)
+from xcore.shard.erasure import MAX_SHARE_SIZE
+
+NOW = 1_750_000_000
+OWNER, HOST, OTHER = (Identity(random.Random(100 + i).randbytes(32)) for i in range(3))
+DATA = random.Random(7).randbytes(5 * AUDIT_BLOCK + 123)
+
+
+def make_contract(data: bytes = DATA, /, **kw: int) -> Contract:
+    terms = {"k": 4, "n": 8, "start": NOW - 3600, "end": NOW + 30 * 86400, "price": 20_000}
+    terms.update(kw)
+    return Contract.for_share(data, host_pubkey=HOST.pubkey, owner_pubkey=OWNER.pubkey, **terms)
+
+
+def signed(c: Contract | None = None) -> SignedContract:
+    return SignedContract(c or make_contract()).sign_as_owner(OWNER).sign_as_host(HOST)
+
+
+# -- Merkle root over audit blocks ----------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, AUDIT_BLOCK - 1, AUDIT_BLOCK, AUDIT_BLOCK + 1, 10 * AUDIT_BLOCK + 5])
+def test_share_merkle_root_is_the_1k_block_tree(size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    root = share_merkle_root(data)
+    assert root == merkle_root(iter_blocks(io.BytesIO(data), AUDIT_BLOCK))
+    assert root == MerkleTree.from_stream(io.BytesIO(data), AUDIT_BLOCK).root
+    assert share_tree(data).leaf_count == max(1, -(-size // AUDIT_BLOCK))
+
+
+def test_for_share_fills_in_hash_size_root_and_host_id() -> None:
+    c = make_contract()
+    assert c.size == len(DATA) and c.block_size == AUDIT_BLOCK
+    assert c.host_id == node_id_of(HOST.pubkey)
+    assert c.leaf_count == 6
+    assert c.matches(DATA)
+    assert not c.matches(DATA[:-1] + bytes([DATA[-1] ^ 1]))
+    assert not c.matches(DATA + b"x")
+
+
+@pytest.mark.parametrize("terms", [{"k": 5, "n": 4}, {"start": 10, "end": 10}, {"price": -1}])
+def test_for_share_refuses_bad_terms(terms: dict[str, int]) -> None:
+    with pytest.raises(LocalProtocolError):
+        make_contract(**terms)
+
+
+def test_for_share_refuses_oversized_share() -> None:
+    with pytest.raises(LocalProtocolError):
+        make_contract(bytes(MAX_SHARE_SIZE + 1))
+
+
+# -- signatures -----------------------------------------------------------------------------
+
+
+def test_signing_bytes_are_tagged() -> None:
+    assert make_contract().signing_bytes().startswith(CONTRACT_TAG)
+
+
+def test_both_signatures_verify() -> None:
+    sc = signed()
+    sc.verify()
+    assert sc.complete
+
+
+def test_only_the_parties_can_sign() -> None:
+    sc = SignedContract(make_contract())
+    with pytest.raises(LocalProtocolError):
+        sc.sign_as_owner(HOST)
+    with pytest.raises(LocalProtocolError):
+        sc.sign_as_host(OTHER)
+
+
+def test_one_signature_is_not_a_contract() -> None:
+    half = SignedContract(make_contract()).sign_as_owner(OWNER)
+    half.verify_owner()
+    with pytest.raises(BadSignature):
+        half.verify()
+    with pytest.raises(BadSignature):
+        SignedContract(make_contract()).sign_as_host(HOST).verify()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("price", 1), ("end", NOW + 31 * 86400), ("size", len(DATA) - 1), ("merkle_root", b"\x00" * 32),
+    ("k", 3), ("share_hash", b"\x11" * 32),
+])
+def test_any_changed_field_breaks_the_signatures(field: str, value: object) -> None:
+    sc = signed()
+    changed = dataclasses.replace(sc.contract, **{field: value})  # type: ignore[arg-type]
+    forged = dataclasses.replace(sc, contract=changed)
+    with pytest.raises(BadSignature):
+        forged.verify()
+
+
+def test_host_id_must_belong_to_host_key() -> None:
+    c = dataclasses.replace(make_contract(), host_id=node_id_of(OTHER.pubkey))
+    with pytest.raises(LocalProtocolError):
+        SignedContract(c).sign_as_owner(OWNER)
+    sc = dataclasses.replace(signed(), contract=c)
+    with pytest.raises(BadIdentity):
+        sc.verify()
+
+
+def test_a_host_cannot_contract_with_itself() -> None:
+    c = Contract.for_share(DATA, k=1, n=1, start=0, end=NOW, price=0,
+                           host_pubkey=HOST.pubkey, owner_pubkey=HOST.pubkey)
+    sc = SignedContract(c).sign_as_owner(HOST).sign_as_host(HOST)
+    with pytest.raises(BadIdentity):
+        sc.verify()
+
+
+# -- codec ----------------------------------------------------------------------------------
+
+
+def test_encode_decode_round_trip() -> None:
+    for sc in (signed(), SignedContract(make_contract()), SignedContract(make_contract()).sign_as_owner(OWNER)):
+        assert SignedContract.decode(sc.encode()) == sc
+    c = make_contract()
+    assert Contract.decode(c.encode()) == c
+
+
+def test_decode_refuses_other_block_sizes() -> None:
+    body = make_contract().body()
+    body[4] = 4096
+    from xcore.codec import pack
+    with pytest.raises(RemoteProtocolError):
+        Contract.decode(pack(body))
+
+
+hashes = st.binary(min_size=32, max_size=32)
+keys = st.binary(min_size=32, max_size=32)
+
+
+@st.composite
+def signed_contracts(draw: st.DrawFn) -> SignedContract:
+    n = draw(st.integers(1, 256))
+    start = draw(st.integers(0, 2**40 - 1))
+    host_pubkey = draw(keys)
+    c = Contract(
+        share_hash=draw(hashes), size=draw(st.integers(0, MAX_SHARE_SIZE)), merkle_root=draw(hashes),
+        block_size=AUDIT_BLOCK, k=draw(st.integers(1, n)), n=n, start=start,
+        end=draw(st.integers(start + 1, 2**40)), price=draw(st.integers(0, 2**62)),
+        host_id=node_id_of(host_pubkey), host_pubkey=host_pubkey, owner_pubkey=draw(keys))
+    sig = st.one_of(st.just(b""), st.binary(min_size=64, max_size=64))
+    return SignedContract(c, draw(sig), draw(sig))
+
+
+@settings(max_examples=80, deadline=None)
+@given(signed_contracts())
+def test_property_decode_encode_round_trip(sc: SignedContract) -> None:
+    assert SignedContract.decode(sc.encode()) == sc
+    assert Contract.decode(sc.contract.encode()) == sc.contract
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=600))
+@example(b"")
+@example(b"\x94\x01\x90\xa0\xa0")
+@example(signed().encode()[:-1])
+@example(signed().encode() + b"\x00")
+def test_property_arbitrary_bytes_fail_only_with_protocol_errors(data: bytes) -> None:
+    for decode in (SignedContract.decode, Contract.decode):
+        try:
+            decode(data)
+        except RemoteProtocolError:
+            pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_property_any_flipped_byte_is_rejected_or_unsigned(data: st.DataObject) -> None:
+    blob = bytearray(signed().encode())
+    i = data.draw(st.integers(0, len(blob) - 1))
+    blob[i] ^= data.draw(st.integers(1, 255))
+    try:
+        SignedContract.decode(bytes(blob)).verify()
+    except RemoteProtocolError:
+        return
+    raise AssertionError("a tampered contract verified")
+
+
+# -- DHT records ------------------------------------------------------------------------------
+
+
+def test_owner_and_host_records_validate_and_coexist() -> None:
+    sc = signed()
+    store = RecordStore()
+    for who in (OWNER, HOST):
+        rec = make_contract_record(who, sc, NOW)
+        assert rec.key == contract_key(sc.contract.share_hash)
+        validate(rec, NOW)
+        assert parse_contract_record(rec) == sc
+        assert store.put(rec, NOW) == "stored"
+    assert {r.signer_pubkey for r in store.get(contract_key(sc.contract.share_hash), NOW)} == {
+        OWNER.pubkey, HOST.pubkey}
+
+
+def test_make_record_refuses_third_parties_incomplete_and_ended() -> None:
+    sc = signed()
+    with pytest.raises(LocalProtocolError):
+        make_contract_record(OTHER, sc, NOW)
+    with pytest.raises(LocalProtocolError):
+        make_contract_record(OWNER, SignedContract(sc.contract).sign_as_owner(OWNER), NOW)
+    with pytest.raises(LocalProtocolError):
+        make_contract_record(OWNER, sc, sc.contract.end + CONTRACT_GRACE + 1)
+
+
+def _raw_record(signer: Identity, value: bytes, key: bytes | None = None,
+                expires: int = NOW + 3600) -> Record:
+    return Record.create(signer, "contract", key or contract_key(signed().contract.share_hash),
+                         value, 1, expires)
+
+
+def test_records_by_anyone_else_are_rejected() -> None:
+    with pytest.raises(RecordRejected, match="neither owner nor host"):
+        validate(_raw_record(OTHER, signed().encode()), NOW)
+
+
+def test_one_signature_records_are_rejected() -> None:
+    half = SignedContract(make_contract()).sign_as_owner(OWNER)
+    with pytest.raises(RecordRejected):
+        validate(_raw_record(OWNER, half.encode()), NOW)
+
+
+def test_changed_fields_are_rejected() -> None:
+    sc = signed()
+    forged = dataclasses.replace(sc, contract=dataclasses.replace(sc.contract, price=1))
+    with pytest.raises(RecordRejected):
+        validate(_raw_record(HOST, forged.encode()), NOW)
+
+
+def test_wrong_key_and_garbage_are_rejected() -> None:
+    with pytest.raises(RecordRejected, match="key"):
+        validate(_raw_record(OWNER, signed().encode(), key=contract_key(b"\x00" * 32)), NOW)
+    with pytest.raises(RecordRejected):
+        validate(_raw_record(OWNER, b"\x93\x01\x02\x03"), NOW)
+
+
+def test_records_may_not_outlive_the_contract_by_more_than_the_grace() -> None:
+    c = make_contract(end=NOW + 3600)
+    rec = _raw_record(OWNER, signed(c).encode(), expires=c.end + CONTRACT_GRACE + 1)
+    with pytest.raises(RecordRejected, match="outlives"):
+        parse_contract_record(rec)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_property_tampered_record_bytes_are_rejected(data: st.DataObject) -> None:
+    blob = bytearray(make_contract_record(HOST, signed(), NOW).encode())
+    i = data.draw(st.integers(0, len(blob) - 1))
+    blob[i] ^= data.draw(st.integers(1, 255))
+    from xcore.dht.records import decode_and_validate
+    with pytest.raises(RecordRejected):
+        decode_and_validate(bytes(blob), NOW)
