@@ -383,6 +383,53 @@ def repair_cmd(data: Path, now: bool, as_json: bool) -> None:
     emit(rep, as_json, human)
 
 
+@main.command("audit")
+@data_option
+@click.option("--host", default=None, help="Only audit this host (node ID hex).")
+@json_option
+def audit_cmd(data: Path, host: str | None, as_json: bool) -> None:
+    """Audit now the contracts this node holds; print results and reputations."""
+    from xcore.control import call
+    rep = run_async(call(data, "audit", {"host": host or ""}, timeout=600))
+
+    def human(r: dict[str, Any]) -> str:
+        lines = [f"{len(r['audits'])} audit(s) run"]
+        for a in r["audits"]:
+            lines.append(f"  host {a['host'][:16]} share {a['share'][:12]}: "
+                         f"{'pass' if a['passed'] else 'FAIL'} ({a['reason']})")
+        for h in r["hosts"]:
+            lines.append(f"  host {h['host'][:16]} score {h['score']}{'  BAD' if h['bad'] else ''}  "
+                         f"passed {h['audited_passed']} failed {h['audited_failed']}")
+        return "\n".join(lines)
+    emit(rep, as_json, human)
+
+
+@main.command("payout")
+@data_option
+@click.option("--period", default=None, help="Month, YYYY-MM (default: this month).")
+@click.option("--inxt", multiple=True, help="NODE_ID=AMOUNT of INXT a host holds (bonus).")
+@json_option
+def payout_cmd(data: Path, period: str | None, inxt: tuple[str, ...], as_json: bool) -> None:
+    """Payouts per host for a month (whitepaper Appendix 1), from audit attestations."""
+    from xcore.control import call
+    held = {}
+    for item in inxt:
+        k, _, v = item.partition("=")
+        if not v.isdigit():
+            raise click.BadParameter(f"{item!r}: expected NODE_ID=AMOUNT")
+        held[k] = int(v)
+    res = run_async(call(data, "payout", {"period": period or "", "inxt": held}))
+
+    def human(r: dict[str, Any]) -> str:
+        lines = [f"period {r['period']} ({r['attestations']} attestations)"]
+        for h in r["hosts"]:
+            lines.append(f"  {h['host'][:16]}  {h['gb_months']} GB-months  "
+                         f"audits {h['audits_passed']}/{h['audits_failed']}  EUR {h['euros']} "
+                         f"+ {h['bonus_percent']}% = EUR {h['total']}")
+        return "\n".join(lines)
+    emit(res, as_json, human)
+
+
 @main.command("hosts")
 @data_option
 @json_option
@@ -411,15 +458,20 @@ def devnet() -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for all nodes to join.")
 @click.option("--repair-interval", default=60.0, show_default=True, help="Seconds between repair checks.")
 @click.option("--repair-grace", default=900.0, show_default=True, help="Grace period before repair.")
+@click.option("--audit-interval", default=300.0, show_default=True, help="Seconds between audit rounds.")
+@click.option("--fault", multiple=True, help="NAME=MODE: make a node dishonest "
+              "(delete, corrupt, hashes, nonce) to see audits catch it.")
 @json_option
 def devnet_up(count: int, directory: Path, difficulty: int | None, capacity: str, timeout: float,
-              repair_interval: float, repair_grace: float, as_json: bool) -> None:
+              repair_interval: float, repair_grace: float, audit_interval: float,
+              fault: tuple[str, ...], as_json: bool) -> None:
     """Start COUNT node processes; return once all have joined."""
     from xcore.devnet import up
     from xcore.node import DEFAULT_DIFFICULTY, parse_size
     info = up(directory, count, difficulty=DEFAULT_DIFFICULTY if difficulty is None else difficulty,
               capacity=parse_size(capacity), timeout=timeout, repair_interval=repair_interval,
-              repair_grace=repair_grace,
+              repair_grace=repair_grace, audit_interval=audit_interval,
+              faults=dict(f.split("=", 1) for f in fault if "=" in f),
               progress=None if as_json else lambda m: click.echo(m, err=True))
     emit(info, as_json, lambda i: f"devnet of {len(i['nodes'])} nodes up in {i['dir']}")
 

@@ -69,7 +69,8 @@ def wait_joined(data_dir: Path, proc: subprocess.Popen[bytes] | None, deadline: 
 def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
        timeout: float = 60.0, progress: Callable[[str], None] | None = None,
        prefix: str = "n", repair_interval: float = 60.0,
-       repair_grace: float = 900.0) -> dict[str, Any]:
+       repair_grace: float = 900.0, audit_interval: float = 300.0,
+       faults: dict[str, str] | None = None) -> dict[str, Any]:
     if count < 1:
         raise ConfigError("a devnet needs at least one node")
     directory = Path(directory).resolve()
@@ -81,6 +82,7 @@ def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
     if not (first / "config.json").exists():
         init_node(first, port=0, capacity=capacity, difficulty=difficulty, diversity=False,
                   repair_interval=repair_interval, repair_grace=repair_grace)
+        _tune(first, audit_interval, (faults or {}).get(names[0], ""))
     proc = spawn(first)
     st = wait_joined(first, proc, deadline)
     seed = format_seed(parse_address(st["address"]), bytes.fromhex(st["node_id"]))
@@ -96,6 +98,7 @@ def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
         if not (d / "config.json").exists():
             init_node(d, port=0, capacity=capacity, bootstrap=[seed], difficulty=difficulty,
                       diversity=False, repair_interval=repair_interval, repair_grace=repair_grace)
+            _tune(d, audit_interval, (faults or {}).get(name, ""))
         procs.append((name, d, spawn(d)))
     for name, d, p in procs:
         st = wait_joined(d, p, deadline)
@@ -106,6 +109,18 @@ def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
     info = {"dir": str(directory), "seed": seed, "nodes": nodes}
     atomic_write(directory / "devnet.json", json.dumps(info, indent=2).encode())
     return info
+
+
+def _tune(data_dir: Path, audit_interval: float, fault: str) -> None:
+    """Devnet-only settings: audit pace and fault injection (dishonest hosts)."""
+    path = Path(data_dir) / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["audit_interval"] = audit_interval
+    if audit_interval < 300:
+        cfg["audit_rate"] = 86400.0 / max(1.0, audit_interval)  # every contract each round
+    if fault:
+        cfg["fault"] = fault
+    atomic_write(path, (json.dumps(cfg, indent=2) + "\n").encode())
 
 
 def _pid_alive(pid: int) -> bool:

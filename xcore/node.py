@@ -50,6 +50,8 @@ SAVE_INTERVAL = 30.0
 ANNOUNCE_INTERVAL = 60.0
 DEFAULT_REPAIR_INTERVAL = 60.0
 DEFAULT_REPAIR_GRACE = 900.0
+DEFAULT_AUDIT_INTERVAL = 300.0
+DEFAULT_AUDIT_RATE = 4.0  # audits per contract per day
 MAX_STATE_BYTES = 256 << 20
 PACKAGE_BOOTSTRAP = Path(__file__).resolve().parent.parent / "bootstrap_nodes.txt"
 
@@ -163,6 +165,9 @@ class NodeService:
         self._announcer: asyncio.Task[None] | None = None
         self._repair_task: asyncio.Task[None] | None = None
         self.repairer: Any = None
+        self._audit_task: asyncio.Task[None] | None = None
+        self.auditor: Any = None
+        self.reputation: Any = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -178,9 +183,11 @@ class NodeService:
             raise ConfigError(f"cannot bind UDP {self.config['host']}:{port}: {exc.strerror}") from exc
         if not self.ephemeral:
             self.host = HostService(self.data_dir, self.identity, self.config["capacity"],
-                                    clock=self.clock, token_bytes=secrets.token_bytes)
+                                    clock=self.clock, token_bytes=secrets.token_bytes,
+                                    fault=str(self.config.get("fault", "")))
             self.host.on_stored = self._share_stored
             self.host.on_deleted = self._share_deleted
+            self.host.on_contract = self._contract_signed
             self.tcp_address = await self.host.start(self.config["host"], self.address[1])
             if self.config["port"] == 0:
                 # keep the port the OS chose so peers find us after a restart
@@ -197,6 +204,12 @@ class NodeService:
                 self, interval=float(self.config.get("repair_interval", DEFAULT_REPAIR_INTERVAL)),
                 grace=float(self.config.get("repair_grace", DEFAULT_REPAIR_GRACE)))
             self._repair_task = asyncio.create_task(self.repairer.run())
+            from xcore.auditor import Auditor
+            self.auditor = Auditor(
+                self, interval=float(self.config.get("audit_interval", DEFAULT_AUDIT_INTERVAL)),
+                rate=float(self.config.get("audit_rate", DEFAULT_AUDIT_RATE)))
+            self.reputation = self.auditor.reputation
+            self._audit_task = asyncio.create_task(self.auditor.run())
         log.info("node %s listening on %s", self.identity.node_id.hex(),
                  format_address(self.address))
 
@@ -226,7 +239,7 @@ class NodeService:
         self._stop.set()
 
     async def stop(self) -> None:
-        for task in (self._saver, self._announcer, self._repair_task):
+        for task in (self._saver, self._announcer, self._repair_task, self._audit_task):
             if task is not None:
                 task.cancel()
         if self.host is not None:
@@ -276,6 +289,13 @@ class NodeService:
         rec = loc_record(self.identity, share_hash, self.tcp_address, self.clock())
         self.driver.call(lambda t: self.dht.publish(rec, t))
 
+    def _contract_signed(self, sc: Any) -> None:
+        from xcore.contracts.contract import make_contract_record
+        if self.driver is None:
+            return
+        rec = make_contract_record(self.identity, sc, self.clock())
+        self.driver.call(lambda t: self.dht.publish(rec, t))
+
     def _share_deleted(self, share_hash: bytes) -> None:
         self.dht.unpublish("loc", loc_key(share_hash))
 
@@ -321,6 +341,7 @@ class NodeService:
             "tcp_address": format_address(self.tcp_address) if self.tcp_address else None,
             "host": self.host.stats() if self.host else None,
             "repair": self.repairer.counters if self.repairer else None,
+            "audit": self.auditor.counters if self.auditor else None,
         })
         return st
 
@@ -416,8 +437,23 @@ class NodeService:
                 await self.repairer.check_all()
             return self.repairer.report()
 
+        async def audit(args: dict[str, Any]) -> Any:
+            if self.auditor is None:
+                raise ConfigError("this node does not audit")
+            host = args.get("host")
+            host_id = bytes.fromhex(host) if isinstance(host, str) and host else None
+            done = await self.auditor.round(host=host_id, force=True)
+            return {"audits": done, **self.auditor.report()}
+
+        async def payout(args: dict[str, Any]) -> Any:
+            from xcore.auditor import payout_table
+            return await asyncio.to_thread(payout_table, self.data_dir,
+                                           str(args.get("period") or ""),
+                                           dict(args.get("inxt") or {}))
+
         return {"status": status, "dht_put": dht_put, "dht_get": dht_get, "stop": stop,
-                "put": put, "get": get, "ls": ls, "rm": rm, "hosts": hosts, "repair": repair}
+                "put": put, "get": get, "ls": ls, "rm": rm, "hosts": hosts, "repair": repair,
+                "audit": audit, "payout": payout}
 
 
 async def run_node(data_dir: Path) -> None:

@@ -166,7 +166,10 @@ class Repairer:
             holders[i] = ids
         results = await asyncio.gather(*(self._probe(hid, addr, h) for i, hid, addr, h in probes))
         now = self.svc.clock()
+        rep = getattr(self.svc, "reputation", None)
         for (i, hid, _, _), ok in zip(probes, results):
+            if ok and rep is not None and rep.is_bad(hid):
+                ok = False  # marked bad by audits: its shares count as lost, to be repaired
             self.planner.observe(info.segment_id, i, hid, ok, now)
             if not ok:
                 self._loc_cache.pop(info.shares[i], None)  # look again next round

@@ -37,9 +37,9 @@ from xcore.client.index import (
 from xcore.client.keys import OwnerKeys
 from xcore.client.manifest import Manifest, SegmentRef, ShareRef, open_manifest, seal_manifest
 from xcore.contracts.hosts import HOST_SHARDS, HostInfo, host_shard_key, loc_address, loc_key
+from xcore.contracts.contract import Contract, SignedContract, share_merkle_root
 from xcore.contracts.segments import make_segment_record
 from xcore.contracts.selection import select_hosts
-from xcore.crypto.merkle import MerkleTree
 from xcore.crypto.stream import CtrStream
 from xcore.dht.records import Record
 from xcore.errors import (
@@ -88,6 +88,8 @@ class Client:
         self._conns: dict[bytes, HostConnection] = {}
         self._conn_locks: dict[bytes, asyncio.Lock] = {}
         self._hosts: list[HostInfo] | None = None
+        self.contracts: dict[bytes, bytes] = {}
+        self.contracts_missing = 0
 
     # -- plumbing --------------------------------------------------------------
 
@@ -132,8 +134,12 @@ class Client:
         return c.rtt if c is not None else None
 
     def reputation(self, host_id: bytes) -> float:
+        """Selection factor: the node's audit-based reputation (0 for hosts
+        marked bad), discounted by transfer failures seen by this client."""
         fails = self.stats.failures.get(host_id, 0)
-        return 1.0 / (1.0 + fails)
+        rep = getattr(self.svc, "reputation", None)
+        base = rep.selection_factor(host_id) if rep is not None else 1.0
+        return base / (1.0 + fails)
 
     async def connect(self, host_id: bytes, addr: tuple[str, int]) -> HostConnection:
         lock = self._conn_locks.setdefault(host_id, asyncio.Lock())
@@ -152,11 +158,22 @@ class Client:
         self._conns.clear()
 
     async def _upload(self, host: HostInfo, share_hash: bytes, data: bytes,
-                      seg_blob: bytes | None = None) -> None:
+                      seg_blob: bytes | None = None, red: Redundancy | None = None) -> None:
         conn = await self.connect(host.node_id, host.addr)
-        grant = Grant.create(self.keys.signing, share_hash, host.node_id,
-                             int(self.now()) + GRANT_TERM)
-        await conn.put_share(share_hash, data, grant, seg_blob)
+        now = int(self.now())
+        grant = Grant.create(self.keys.signing, share_hash, host.node_id, now + GRANT_TERM)
+        half = None
+        if red is not None:  # a storage contract, signed by us first (xcore.contracts.contract)
+            c = Contract.for_share(data, k=red.k, n=red.n, start=now, end=now + GRANT_TERM,
+                                   price=REPAIR_PRICE_CAP, host_pubkey=host.pubkey,
+                                   owner_pubkey=self.keys.pubkey)
+            half = SignedContract(c).sign_as_owner(self.keys.signing).encode()
+        signed = await conn.put_share(share_hash, data, grant, seg_blob, half)
+        if half is not None:
+            if signed is None:
+                self.contracts_missing += 1
+            else:
+                self.contracts[share_hash] = signed
 
     async def _download(self, host_id: bytes, addr: tuple[str, int], share_hash: bytes) -> bytes:
         conn = await self.connect(host_id, addr)
@@ -166,7 +183,8 @@ class Client:
         return data
 
     async def place(self, share_hash: bytes, data: bytes, candidates: list[HostInfo],
-                    avoid: set[bytes], attempts: int = 8, seg_blob: bytes | None = None) -> HostInfo:
+                    avoid: set[bytes], attempts: int = 8, seg_blob: bytes | None = None,
+                    red: Redundancy | None = None) -> HostInfo:
         """Upload one share to the first candidate that takes it."""
         last: Exception | None = None
         for _ in range(attempts):
@@ -177,7 +195,7 @@ class Client:
             host = pick[0]
             avoid.add(host.node_id)
             try:
-                await self._upload(host, share_hash, data, seg_blob)
+                await self._upload(host, share_hash, data, seg_blob, red)
                 self.stats.ok(host.node_id)
                 return host
             except (XcoreError, OSError, asyncio.TimeoutError) as exc:
@@ -305,18 +323,18 @@ class Client:
 
                 async def one(i: int, data: bytes, first: HostInfo | None) -> None:
                     h = hashes[i]
-                    root = MerkleTree.from_blocks(_blocks(data)).root
+                    root = share_merkle_root(data)  # 1 KiB audit blocks, as in the contract
                     host: HostInfo | None = None
                     if first is not None:
                         avoid.add(first.node_id)
                         try:
-                            await self._upload(first, h, data, seg_blob)
+                            await self._upload(first, h, data, seg_blob, red)
                             self.stats.ok(first.node_id)
                             host = first
                         except (XcoreError, OSError, asyncio.TimeoutError):
                             self.stats.fail(first.node_id)
                     if host is None:
-                        host = await self.place(h, data, usable, avoid, seg_blob=seg_blob)
+                        host = await self.place(h, data, usable, avoid, seg_blob=seg_blob, red=red)
                     refs[i] = ShareRef(i, h, len(data), root, host.node_id,
                                        f"{host.addr[0]}:{host.addr[1]}")
                 await asyncio.gather(*(one(i, s, chosen[i] if i < len(chosen) else None)
@@ -506,14 +524,6 @@ class Client:
         return {"file_id": file_id.hex(), "name": entry.name, "shares_deleted": deleted}
 
 
-def _blocks(data: bytes, size: int = 64 * 1024) -> Iterable[bytes]:
-    if not data:
-        yield b""
-        return
-    for off in range(0, len(data), size):
-        yield data[off:off + size]
-
-
 def parse_file_id(text: str) -> bytes:
     try:
         fid = bytes.fromhex(text)
@@ -530,13 +540,19 @@ async def host_table(svc: Any) -> list[dict[str, Any]]:
     client = Client(svc, _NoKeys())  # type: ignore[arg-type]
     now = client.now()
     rows = []
+    auditor = getattr(svc, "auditor", None)
     for h in await client.hosts(refresh=True):
         rtt = client.rtt(h.node_id)
+        rep = auditor.reputation.score(h.node_id) if auditor else None
+        passed, failed = auditor.host_audits.get(h.node_id, [0, 0]) if auditor else (0, 0)
         rows.append({"node_id": h.node_id.hex(), "address": f"{h.addr[0]}:{h.addr[1]}",
                      "capacity": h.capacity, "free": h.free,
                      "uptime": max(0, int(now - h.since)),
                      "latency_ms": None if rtt is None else round(rtt * 1000, 2),
-                     "score": round(host_weight(h, now, rtt, 1.0), 4)})
+                     "reputation": None if rep is None else round(rep, 4),
+                     "bad": bool(auditor and auditor.reputation.is_bad(h.node_id)),
+                     "audits_passed": passed, "audits_failed": failed,
+                     "score": round(host_weight(h, now, rtt, client.reputation(h.node_id)), 4)})
     return sorted(rows, key=lambda r: -r["score"])
 
 

@@ -20,14 +20,16 @@ from xcore.errors import (
     BadSignature, CapacityExceeded, DiskFull, RemoteProtocolError, ShareCorrupted,
     ShareNotFound, Timeout, XcoreError,
 )
+from xcore.contracts.audit import Challenge, answer_challenge
+from xcore.contracts.contract import SignedContract
 from xcore.contracts.segments import SegmentInfo, decode_segment_record
-from xcore.errors import RecordRejected
+from xcore.errors import InvalidParameter, RecordRejected, StorageIOError
 from xcore.fsutil import atomic_write
 from xcore.shard.store import ShareStore, share_name
 from xcore.shard.transfer import (
     CHUNK, DATA, DELETE, E_BAD_REQUEST, E_BUSY, E_CAPACITY, E_CORRUPT, E_DISK_FULL,
     E_NOT_FOUND, E_UNAUTHORIZED, ERR, GET, HASH_BYTES, MAX_FRAME, MAX_SHARE, OK, PUT,
-    HAS, READY, SIZE, STAT, FrameStream, Grant, delete_signing_bytes, server_handshake,
+    ANSWER, AUDIT, HAS, READY, SIZE, STAT, FrameStream, Grant, delete_signing_bytes, server_handshake,
 )
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ DELETE_SKEW = 600
 class HostService:
     def __init__(self, data_dir: Path, identity: Identity, capacity: int, *,
                  clock: Callable[[], float], token_bytes: Callable[[int], bytes],
-                 max_connections: int = 128, timeout: float = 30.0) -> None:
+                 max_connections: int = 128, timeout: float = 30.0, fault: str = "") -> None:
         self.data_dir = Path(data_dir)
         self.identity = identity
         self.capacity = capacity
@@ -55,6 +57,12 @@ class HostService:
         self.on_stored: Callable[[bytes], None] | None = None
         self.on_deleted: Callable[[bytes], None] | None = None
         self.segment_of: dict[bytes, bytes] = {}
+        self.on_contract: Callable[[SignedContract], None] | None = None
+        # Fault injection for tests and simulations of dishonest hosts
+        # (config key "fault"): "delete" drops shares after accepting them,
+        # "corrupt" serves flipped bytes, "hashes" answers audits without the
+        # blocks, "nonce" answers for another challenge. Empty for real hosts.
+        self.fault = fault
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -176,6 +184,8 @@ class HostService:
             await self._get(fs, f)
         elif ftype == DELETE:
             await self._delete(fs, f)
+        elif ftype == AUDIT:
+            await self._audit(fs, f)
         elif ftype == HAS:
             if len(f) != 1:
                 raise RemoteProtocolError("HAS: expected 1 field")
@@ -190,12 +200,15 @@ class HostService:
             raise RemoteProtocolError(f"unknown request type {ftype}")
 
     async def _put(self, fs: FrameStream, f: list[Any]) -> None:
-        if len(f) not in (3, 4):
-            raise RemoteProtocolError("PUT: expected 3 or 4 fields")
+        if len(f) not in (3, 4, 5):
+            raise RemoteProtocolError("PUT: expected 3 to 5 fields")
         share_hash = as_bytes(f[0], "hash", size=HASH_BYTES)
         size = as_int(f[1], "size", 0, MAX_SHARE)
         grant = Grant.decode(f[2]) if f[2] is not None else None
-        seg_blob = f[3] if len(f) == 4 else None
+        seg_blob = f[3] if len(f) >= 4 else None
+        half: SignedContract | None = None
+        if len(f) == 5 and f[4] is not None:
+            half = SignedContract.decode(as_bytes(f[4], "contract", max_size=4096))
         if seg_blob is not None:
             seg_blob = as_bytes(seg_blob, "seg record", max_size=16 * 1024)
         now = self.clock()
@@ -221,6 +234,12 @@ class HostService:
                 owner, expires = seg_info.owner_pubkey, seg_info.until
             else:
                 raise BadSignature("a PUT needs a grant or a segment record")
+            if half is not None:
+                c = half.contract
+                if (c.share_hash != share_hash or c.size != size
+                        or c.host_pubkey != self.identity.pubkey or c.owner_pubkey != owner):
+                    raise BadSignature("contract does not match this share, host or owner")
+                half.verify_owner()
         except BadSignature as exc:
             self._count("puts_unauthorized")
             await fs.send(ERR, E_UNAUTHORIZED, str(exc))
@@ -231,7 +250,7 @@ class HostService:
             await fs.send(READY, 0)
             self._add_owner(share_hash, owner, expires)
             self._count("puts_deduplicated")
-            await fs.send(OK, {})
+            await fs.send(OK, self._sign_contract(half, None))
             return
         if size > self.store.free:
             self._count("puts_refused_capacity")
@@ -264,9 +283,79 @@ class HostService:
         self._add_owner(share_hash, owner, expires)
         self._count("puts")
         self._count("bytes_in", size)
-        await fs.send(OK, {})
+        await fs.send(OK, self._sign_contract(half, bytes(buf)))
         if self.on_stored:
             self.on_stored(share_hash)
+        if self.fault == "delete":  # fault injection: pretend to store, then drop the bytes
+            self.store.delete(share_hash)
+        elif self.fault == "corrupt" and size:  # fault injection: rot one byte on disk
+            name = share_name(share_hash)
+            path = self.store.root / name[:2] / name
+            raw = bytearray(path.read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            path.write_bytes(bytes(raw))
+
+    def _sign_contract(self, half: SignedContract | None, data: bytes | None) -> dict[str, Any]:
+        """Countersign the owner's contract once the bytes are known to match it."""
+        if half is None:
+            return {}
+        if data is None:
+            try:
+                data = self.store.get(half.contract.share_hash)
+            except XcoreError:
+                return {}
+        if not half.contract.matches(data):
+            self._count("contracts_refused")
+            return {}
+        signed = half.sign_as_host(self.identity)
+        self._count("contracts_signed")
+        if self.on_contract:
+            self.on_contract(signed)
+        return {"contract": signed.encode()}
+
+    # -- audits ----------------------------------------------------------------
+
+    async def _audit(self, fs: FrameStream, f: list[Any]) -> None:
+        if len(f) != 1:
+            raise RemoteProtocolError("AUDIT: expected 1 field")
+        challenge = Challenge.decode(as_bytes(f[0], "challenge", max_size=4096))
+        self._count("audits_answered")
+        try:
+            if self.fault == "corrupt":
+                data = self._raw_share(challenge.share_hash)
+            else:
+                data = await asyncio.to_thread(self.store.get, challenge.share_hash)
+        except ShareNotFound:
+            self._count("audits_not_found")
+            await fs.send(ERR, E_NOT_FOUND, "no such share")
+            return
+        except (ShareCorrupted, StorageIOError):
+            self._count("audits_corrupt")
+            await fs.send(ERR, E_CORRUPT, "stored share is corrupt")
+            return
+        if self.fault == "hashes":
+            # a host that kept only block hashes: it cannot produce the blocks
+            data = bytes(len(data))
+        try:
+            answer = answer_challenge(data, challenge, self.identity)
+        except InvalidParameter as exc:
+            await fs.send(ERR, E_BAD_REQUEST, str(exc)[:200])
+            return
+        if self.fault == "nonce":
+            # answer for another challenge (a replayed or pre-computed answer)
+            stale = Challenge(challenge.share_hash, bytes(32), challenge.indices,
+                              challenge.challenger_pubkey, challenge.issued)
+            answer = answer_challenge(data, stale, self.identity)
+        await fs.send(ANSWER, answer.encode())
+
+    def _raw_share(self, share_hash: bytes) -> bytes:
+        """The bytes on disk, unverified (fault injection: serve what is there)."""
+        name = share_name(share_hash)
+        path = self.store.root / name[:2] / name
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ShareNotFound() from None
 
     def _add_owner(self, share_hash: bytes, owner: bytes, expires: int) -> None:
         owners = self.owners(share_hash)

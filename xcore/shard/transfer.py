@@ -26,6 +26,11 @@ Session (both ends authenticate with their node keys, principle 4)::
     DELETE [hash, owner_pubkey, ts, sig] -> OK | ERR
     STAT []                            ->  OK [{capacity, free, shares}]
     HAS [hash]                         ->  OK [{has: bool, size}]
+    AUDIT [challenge]                  ->  ANSWER [answer] | ERR   (xcore.contracts.audit)
+
+A PUT may carry a fifth field, the owner-signed half of a storage contract
+(xcore.contracts.contract); the host checks it against the bytes, adds its
+signature and returns it in the OK: ``OK [{"contract": signed}]``.
 
 ``sig_s`` signs ``tag || "server" || nonce_c || nonce_s || client_pubkey`` and
 ``sig_c`` signs ``tag || "client" || nonce_s || nonce_c || server_pubkey``: each
@@ -68,6 +73,7 @@ GET, SIZE = 20, 21
 DELETE = 30
 STAT = 40
 HAS = 41
+AUDIT, ANSWER = 50, 51
 
 # error codes carried in ERR frames
 E_BAD_REQUEST, E_CAPACITY, E_DISK_FULL, E_CORRUPT, E_NOT_FOUND, E_UNAUTHORIZED, E_BUSY = range(1, 8)
@@ -297,26 +303,39 @@ class HostConnection:
                 raise
 
     async def put_share(self, share_hash: bytes, data: bytes, grant: Grant | None = None,
-                        seg_record: bytes | None = None) -> None:
+                        seg_record: bytes | None = None,
+                        contract: bytes | None = None) -> bytes | None:
         """Store a share. ``grant`` is the owner's direct permission; a repair
         sends ``seg_record`` (the owner's signed segment record) instead, and
         an upload sends both so the host learns the segment for repair."""
-        async def run() -> None:
+        async def run() -> bytes | None:
             if len(data) > MAX_SHARE:
                 raise LocalProtocolError("share larger than 2 MiB")
             if grant is None and seg_record is None:
                 raise LocalProtocolError("a PUT needs a grant or a segment record")
-            await self.fs.send(PUT, share_hash, len(data),
-                               grant.encode() if grant is not None else None, seg_record)
+            fields: list[Any] = [share_hash, len(data),
+                                 grant.encode() if grant is not None else None, seg_record]
+            if contract is not None:
+                fields.append(contract)
+            await self.fs.send(PUT, *fields)
             ready = await self.fs.expect(READY)
-            if ready and ready[0] == 0:  # the host has these bytes already
-                await self.fs.expect(OK)
-                return
-            view = memoryview(data)
-            for off in range(0, len(data), CHUNK):
-                await self.fs.send(DATA, bytes(view[off:off + CHUNK]))
-            await self.fs.expect(OK)
-        await self._guard(run())
+            if not (ready and ready[0] == 0):  # 0: the host has these bytes already
+                view = memoryview(data)
+                for off in range(0, len(data), CHUNK):
+                    await self.fs.send(DATA, bytes(view[off:off + CHUNK]))
+            ok = await self.fs.expect(OK)
+            info = ok[0] if ok and isinstance(ok[0], dict) else {}
+            signed = info.get("contract")
+            return signed if isinstance(signed, bytes) else None
+        return await self._guard(run())  # type: ignore[no-any-return]
+
+    async def audit(self, challenge: bytes) -> bytes:
+        """Send an audit challenge; returns the host's encoded answer."""
+        async def run() -> bytes:
+            await self.fs.send(AUDIT, challenge)
+            f = await self.fs.expect(ANSWER)
+            return as_bytes(f[0] if f else None, "answer", max_size=MAX_FRAME)
+        return await self._guard(run())  # type: ignore[no-any-return]
 
     async def get_share(self, share_hash: bytes, max_size: int = MAX_SHARE) -> bytes:
         async def run() -> bytes:

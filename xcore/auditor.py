@@ -1,0 +1,282 @@
+"""The audit loop of a running node: the I/O around :mod:`xcore.contracts.audit`.
+
+Which contracts does a node audit? The ones it holds as a DHT record holder:
+contract records live at the k nodes closest to ``contract_key(share)``, so
+audit duty spreads over the network with no coordinator and no node audits
+everything. Each round the node draws a bounded random sample of them
+(:class:`~xcore.contracts.audit.AuditSchedule`: a rate per period, jittered),
+challenges each host with a fresh nonce over random 1 KiB blocks, judges the
+answer against the contract's Merkle root, signs an attestation, publishes it
+under the host's ``attest`` key and feeds its own reputation table. It also
+reads other nodes' attestations of the hosts it knows and checks them itself
+(a node that took no part in an audit can verify it), so reputation reflects
+the whole network's audits, weighted by each attester's standing.
+
+Attestations and their contracts are archived per month in
+``DATA/audits/YYYY-MM.log`` (length-prefixed msgpack pairs) for payouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import struct
+import time as _time  # month names of the archive only
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xcore.codec import pack, unpack_bounded
+from xcore.contracts.audit import (
+    Answer, AuditSchedule, Attestation, Challenge, attest, attest_key, classify_attestation,
+    make_attest_record, parse_attest_record,
+)
+from xcore.contracts.contract import SignedContract, contract_key, parse_contract_record
+from xcore.contracts.hosts import HOST_SHARDS, HostInfo, host_shard_key
+from xcore.contracts.reputation import Reputation
+from xcore.errors import NotFound, RecordRejected, RemoteProtocolError, XcoreError
+from xcore.net.aio import wait_op
+from xcore.shard.transfer import HostConnection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Auditor:
+    svc: Any  # NodeService
+    interval: float = 300.0
+    rate: float = 4.0  # audits per contract per day
+    max_per_round: int = 64
+    reputation: Reputation = field(init=False)
+    counters: dict[str, int] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    host_audits: dict[bytes, list[int]] = field(default_factory=dict)  # host -> [passed, failed]
+    _hosts: dict[bytes, HostInfo] = field(default_factory=dict)
+    _hosts_at: float = 0.0
+    _seen: set[bytes] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.reputation = Reputation(trusted=[self.svc.identity.node_id])
+        self.rng = random.SystemRandom()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    # -- what we know ------------------------------------------------------------
+
+    def known_contracts(self, host: bytes | None = None) -> list[SignedContract]:
+        now = self.svc.clock()
+        out = []
+        for rec in self.svc.dht.store:
+            if rec.kind != "contract":
+                continue
+            try:
+                sc = parse_contract_record(rec)
+            except RecordRejected:
+                continue
+            c = sc.contract
+            if c.end <= now or c.host_id == self.svc.identity.node_id:
+                continue
+            if host is not None and c.host_id != host:
+                continue
+            out.append(sc)
+        return out
+
+    async def _dht_get(self, key: bytes) -> list[Any]:
+        op = self.svc.driver.call(lambda t: self.svc.dht.get(key, t))
+        try:
+            return list((await wait_op(op, 60)).records)
+        except NotFound:
+            return []
+
+    async def hosts(self) -> dict[bytes, HostInfo]:
+        now = self.svc.clock()
+        if self._hosts and now - self._hosts_at < max(60.0, self.interval):
+            return self._hosts
+        shards = await asyncio.gather(*(self._dht_get(host_shard_key(i)) for i in range(HOST_SHARDS)))
+        best: dict[bytes, HostInfo] = {}
+        for recs in shards:
+            for rec in recs:
+                try:
+                    h = HostInfo.from_record(rec)
+                except XcoreError:
+                    continue
+                if h.node_id not in best or h.seen > best[h.node_id].seen:
+                    best[h.node_id] = h
+        self._hosts, self._hosts_at = best, now
+        return best
+
+    # -- auditing --------------------------------------------------------------
+
+    async def audit(self, sc: SignedContract) -> Attestation:
+        c = sc.contract
+        now = self.svc.clock()
+        challenge = Challenge.fresh(sc, self.svc.identity, now, secrets.token_bytes)
+        answer: Answer | None = None
+        host = (await self.hosts()).get(c.host_id)
+        if host is not None:
+            try:
+                conn = await HostConnection.connect(host.addr, self.svc.identity, c.host_id,
+                                                    secrets.token_bytes, timeout=10.0)
+                try:
+                    answer = Answer.decode(await conn.audit(challenge.encode()))
+                finally:
+                    conn.close()
+            except (XcoreError, OSError, asyncio.TimeoutError) as exc:
+                log.debug("audit of %s: %s", c.host_id.hex()[:12], exc)
+        att = attest(self.svc.identity, sc, challenge, answer, self.svc.clock())
+        self._ingest(att, sc)
+        self._archive(att, sc)
+        rec = make_attest_record(self.svc.identity, att, self.svc.clock())
+        op = self.svc.driver.call(lambda t: self.svc.dht.publish(rec, t))
+        try:
+            await wait_op(op, 60)
+        except XcoreError:
+            self._count("attestations_unpublished")
+        self._count("audits_passed" if att.passed else "audits_failed")
+        tally = self.host_audits.setdefault(c.host_id, [0, 0])
+        tally[0 if att.passed else 1] += 1
+        self.results.append({"host": c.host_id.hex(), "share": c.share_hash.hex(),
+                             "passed": att.passed, "reason": att.reason, "time": att.time})
+        del self.results[:-200]
+        return att
+
+    def _ingest(self, att: Attestation, sc: SignedContract) -> None:
+        d = att.digest()
+        if d in self._seen:
+            return
+        self._seen.add(d)
+        self.reputation.add(att, sc)
+
+    async def read_attestations(self) -> int:
+        """Fetch others' attestations of known hosts and check them ourselves."""
+        added = 0
+        hosts = list((await self.hosts()).keys())
+        recs_per_host = await asyncio.gather(*(self._dht_get(attest_key(h)) for h in hosts))
+        contracts: dict[bytes, list[SignedContract]] = {}
+        for recs in recs_per_host:
+            for rec in recs:
+                if rec.signer_id == self.svc.identity.node_id:
+                    continue
+                try:
+                    att = parse_attest_record(rec)
+                except (RecordRejected, RemoteProtocolError):
+                    self._count("attestations_malformed")
+                    continue
+                if att.digest() in self._seen:
+                    continue
+                if att.share_hash not in contracts:
+                    got = await self._dht_get(contract_key(att.share_hash))
+                    parsed = []
+                    for r in got:
+                        try:
+                            parsed.append(parse_contract_record(r))
+                        except RecordRejected:
+                            continue
+                    contracts[att.share_hash] = parsed
+                sc = next((x for x in contracts[att.share_hash]
+                           if x.contract.host_id == att.host_id), None)
+                if sc is None:
+                    continue
+                evidence = classify_attestation(att, sc)
+                self._count(f"attestations_{evidence.value}")
+                self._ingest(att, sc)
+                self._archive(att, sc)
+                added += 1
+        return added
+
+    async def round(self, host: bytes | None = None, force: bool = False) -> list[dict[str, Any]]:
+        contracts = self.known_contracts(host)
+        if force:
+            chosen = contracts[: self.max_per_round]
+        else:
+            # this round's share of the daily rate, at most max_per_round audits
+            plan = AuditSchedule(rate=self.rate * self.interval / 86400.0, period=self.interval,
+                                 max_audits=self.max_per_round)
+            by_digest = {sc.contract.digest(): sc for sc in contracts}
+            due = plan.plan(contracts, self.svc.clock(), self.rng,
+                            skip_host=self.svc.identity.node_id)
+            chosen = [by_digest[p.contract.digest()] for p in due if p.contract.digest() in by_digest]
+        before = len(self.results)
+        sem = asyncio.Semaphore(8)
+
+        async def one(sc: SignedContract) -> None:
+            async with sem:
+                await self.audit(sc)
+        await asyncio.gather(*(one(sc) for sc in chosen))
+        try:
+            await self.read_attestations()
+        except XcoreError:
+            pass
+        return self.results[before:]
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval * (0.5 + self.rng.random()))
+            if not self.svc.joined:
+                continue
+            try:
+                await self.round()
+            except Exception:
+                self._count("errors")
+                log.exception("audit round failed")
+
+    # -- archive (for payouts) -----------------------------------------------------
+
+    def _archive(self, att: Attestation, sc: SignedContract) -> None:
+        month = _time.strftime("%Y-%m", _time.gmtime(att.time))
+        path = Path(self.svc.data_dir) / "audits" / f"{month}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = pack([sc.encode(), att.encode()])
+        with open(path, "ab") as f:
+            f.write(struct.pack(">I", len(blob)) + blob)
+
+    def report(self) -> dict[str, Any]:
+        rows = []
+        for h in sorted(set(self.reputation.hosts()) | set(self.host_audits)):
+            p, f = self.host_audits.get(h, [0, 0])
+            rows.append({"host": h.hex(), "score": round(self.reputation.score(h), 4),
+                         "bad": self.reputation.is_bad(h), "audited_passed": p,
+                         "audited_failed": f})
+        return {"counters": dict(sorted(self.counters.items())), "hosts": rows,
+                "recent": self.results[-20:]}
+
+
+def read_archive(data_dir: Path, period: str) -> list[tuple[SignedContract, Attestation]]:
+    """The (contract, attestation) pairs archived for ``period`` (YYYY-MM)."""
+    path = Path(data_dir) / "audits" / f"{period}.log"
+    out = []
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return out
+    off = 0
+    while off + 4 <= len(raw):
+        (n,) = struct.unpack(">I", raw[off:off + 4])
+        blob = raw[off + 4:off + 4 + n]
+        off += 4 + n
+        if len(blob) != n:
+            break  # torn tail after a crash: stop there, keep what is whole
+        try:
+            sc_b, att_b = unpack_bounded(blob, 1 << 20)
+            out.append((SignedContract.decode(sc_b), Attestation.decode(att_b)))
+        except (RemoteProtocolError, ValueError, TypeError):
+            continue
+    return out
+
+
+def payout_table(data_dir: Path, period: str, inxt: dict[str, int]) -> dict[str, Any]:
+    """`xcore payout`: Appendix 1 payouts from this node's audit archive."""
+    from xcore.contracts.payout import payouts
+    if not period:
+        period = _time.strftime("%Y-%m", _time.gmtime())
+    pairs = read_archive(data_dir, period)
+    contracts = {sc.encode(): sc for sc, _ in pairs}
+    held = {bytes.fromhex(k): int(v) for k, v in inxt.items()}
+    rows = payouts(period, contracts.values(), [a for _, a in pairs], held)
+    return {"period": period, "attestations": len(pairs), "hosts": [
+        {"host": r.host_id.hex(), "gb_months": str(r.gb_months), "audits_passed": r.audits_passed,
+         "audits_failed": r.audits_failed, "euros": str(r.euros), "bonus_percent": r.bonus_percent,
+         "bonus_euros": str(r.bonus_euros), "total": str(r.total)} for r in rows]}
