@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import secrets
 import struct
 import time as _time  # month names of the archive only
 from dataclasses import dataclass, field
@@ -59,7 +58,7 @@ class Auditor:
 
     def __post_init__(self) -> None:
         self.reputation = Reputation(trusted=[self.svc.identity.node_id])
-        self.rng = random.SystemRandom()
+        self.rng = self.svc.env.rng
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -113,13 +112,14 @@ class Auditor:
     async def audit(self, sc: SignedContract) -> Attestation:
         c = sc.contract
         now = self.svc.clock()
-        challenge = Challenge.fresh(sc, self.svc.identity, now, secrets.token_bytes)
+        challenge = Challenge.fresh(sc, self.svc.identity, now, self.svc.env.token_bytes)
         answer: Answer | None = None
         host = (await self.hosts()).get(c.host_id)
         if host is not None:
             try:
                 conn = await HostConnection.connect(host.addr, self.svc.identity, c.host_id,
-                                                    secrets.token_bytes, timeout=10.0)
+                                                    self.svc.env.token_bytes, timeout=10.0,
+                                                    streams=self.svc.streams)
                 try:
                     answer = Answer.decode(await conn.audit(challenge.encode()))
                 finally:

@@ -22,8 +22,9 @@ import logging
 import os
 import random
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from xcore.bootstrap import Seed, format_address, load_bootstrap, parse_seed
 from xcore.codec import pack, unpack_bounded
@@ -36,6 +37,7 @@ from xcore.fsutil import atomic_write
 import xcore.kinds  # noqa: F401  registers every record kind this node accepts
 from xcore.contracts.hosts import host_record, loc_key, loc_record
 from xcore.net.aio import DatagramDriver, open_udp, wait_op, wall_clock
+from xcore.net.streams import TCP
 from xcore.shard.host import HostService
 
 log = logging.getLogger(__name__)
@@ -137,19 +139,39 @@ def seeds_for(data_dir: Path, config: dict[str, Any]) -> list[Seed]:
     return []
 
 
+@dataclass
+class NodeEnv:
+    """What a node takes from the world: time, randomness, the network.
+
+    Production uses the defaults (wall clock, the system RNG, real sockets).
+    The protocol-level simulator passes a virtual clock, seeded generators and
+    an in-memory network (:class:`xcore.net.vloop.SimNet`), and runs disk work
+    inline instead of in threads.
+    """
+
+    clock: Callable[[], float] = wall_clock
+    rng: random.Random = field(default_factory=random.SystemRandom)
+    token_bytes: Callable[[int], bytes] = secrets.token_bytes
+    net: Any = None  # has open_udp/open_connection/start_server; None: real sockets
+    threads: bool = True
+    control: bool = True  # serve the control socket and write node.pid
+
+
 class NodeService:
     """A running node (long-lived with :meth:`serve_forever`, or a
     short-lived client: ``async with NodeService(dir, ephemeral=True)``)."""
 
     def __init__(self, data_dir: Path, *, ephemeral: bool = False,
-                 extra_seeds: list[Seed] | None = None) -> None:
+                 extra_seeds: list[Seed] | None = None, env: NodeEnv | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.config = load_config(self.data_dir)
         self.identity = Identity.load(self.data_dir / KEY_NAME)
         self.ephemeral = ephemeral
         self.extra_seeds = extra_seeds or []
-        self.clock = wall_clock
-        self.rng = random.SystemRandom()
+        self.env = env or NodeEnv()
+        self.clock = self.env.clock
+        self.rng = self.env.rng
+        self.streams: Any = self.env.net if self.env.net is not None else TCP
         dcfg = DHTConfig(difficulty=self.config["difficulty"],
                          diversity=bool(self.config.get("diversity", True)))
         self.dht = DHTNode(self.identity, config=dcfg, rng=self.rng, now=self.clock())
@@ -172,19 +194,21 @@ class NodeService:
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        if not self.ephemeral and is_running(self.data_dir):
+        if not self.ephemeral and self.env.control and is_running(self.data_dir):
             raise ConfigError(f"a node is already running on {self.data_dir}")
         self._load_state()
         port = 0 if self.ephemeral else self.config["port"]
+        opener = self.env.net.open_udp if self.env.net is not None else open_udp
         try:
-            self.driver, self.address = await open_udp(self.dht, self.config["host"], port,
-                                                       self.clock)
+            self.driver, self.address = await opener(self.dht, self.config["host"], port,
+                                                     self.clock)
         except OSError as exc:
             raise ConfigError(f"cannot bind UDP {self.config['host']}:{port}: {exc.strerror}") from exc
         if not self.ephemeral:
             self.host = HostService(self.data_dir, self.identity, self.config["capacity"],
-                                    clock=self.clock, token_bytes=secrets.token_bytes,
-                                    fault=str(self.config.get("fault", "")))
+                                    clock=self.clock, token_bytes=self.env.token_bytes,
+                                    fault=str(self.config.get("fault", "")),
+                                    streams=self.streams, threads=self.env.threads)
             self.host.on_stored = self._share_stored
             self.host.on_deleted = self._share_deleted
             self.host.on_contract = self._contract_signed
@@ -194,9 +218,10 @@ class NodeService:
                 self.config["port"] = self.address[1]
                 atomic_write(self.data_dir / CONFIG_NAME,
                              (json.dumps(self.config, indent=2) + "\n").encode())
-            self.control = ControlServer(self.data_dir, self._handlers())
-            await self.control.start()
-            atomic_write(self.data_dir / PID_NAME, f"{os.getpid()}\n".encode())
+            if self.env.control:
+                self.control = ControlServer(self.data_dir, self._handlers())
+                await self.control.start()
+                atomic_write(self.data_dir / PID_NAME, f"{os.getpid()}\n".encode())
             self._saver = asyncio.create_task(self._save_loop())
             self._announcer = asyncio.create_task(self._announce_loop())
             from xcore.repairer import Repairer
@@ -238,6 +263,15 @@ class NodeService:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def kill(self) -> None:
+        """Die at once, as with SIGKILL (used by the simulator): tasks stop,
+        nothing is saved; the network side is cut by the simulated network."""
+        for task in (self._saver, self._announcer, self._repair_task, self._audit_task):
+            if task is not None:
+                task.cancel()
+        if self.driver is not None:
+            self.driver.close()
+
     async def stop(self) -> None:
         for task in (self._saver, self._announcer, self._repair_task, self._audit_task):
             if task is not None:
@@ -249,7 +283,7 @@ class NodeService:
             await self.control.close()
         if self.driver is not None:
             self.driver.close()
-        if not self.ephemeral:
+        if not self.ephemeral and self.env.control:
             try:
                 (self.data_dir / PID_NAME).unlink()
             except OSError:

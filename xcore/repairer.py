@@ -12,8 +12,6 @@ import asyncio
 import hashlib
 import logging
 import random
-import secrets
-import time as _time  # wall-clock durations for the report only
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ from xcore.contracts.segments import SegmentInfo
 from xcore.contracts.selection import select_hosts
 from xcore.errors import NotEnoughShares, NotFound, XcoreError
 from xcore.net.aio import wait_op
+from xcore.net.streams import run_blocking
 from xcore.shard.erasure import Redundancy, regenerate
 from xcore.shard.transfer import HostConnection
 
@@ -66,7 +65,8 @@ class Repairer:
     def __post_init__(self) -> None:
         self.planner = RepairPlanner(self.svc.identity.node_id, self.grace)
         self.bucket = TokenBucket(self.rate, self.rate * 2, stamp=self.svc.clock())
-        self.rng = random.SystemRandom()
+        self.rng = self.svc.env.rng
+        self.threads = self.svc.env.threads
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -97,7 +97,8 @@ class Repairer:
 
     async def _conn(self, host_id: bytes, addr: str) -> HostConnection:
         return await HostConnection.connect(parse_address(addr), self.svc.identity, host_id,
-                                            secrets.token_bytes, timeout=5.0)
+                                            self.svc.env.token_bytes, timeout=5.0,
+                                            streams=self.svc.streams)
 
     async def _probe(self, host_id: bytes, addr: str, share_hash: bytes) -> bool:
         try:
@@ -137,7 +138,7 @@ class Repairer:
             return []
         self._running = True
         try:
-            segs = await asyncio.to_thread(host.segments)
+            segs = await run_blocking(host.segments, threads=self.threads)
             await asyncio.gather(*(self.check_segment(blob, info) for blob, info in segs.values()))
             for gone in set(self.status) - {s.hex() for s in segs}:
                 del self.status[gone]
@@ -209,7 +210,7 @@ class Repairer:
         if not await self._claim(info, alive):
             self._count("claims_lost")
             return None
-        started = _time.monotonic()
+        started = self.svc.clock()
         ev = RepairEvent(info.segment_id.hex(), own.hex(), list(missing), {}, 0, 0, 0.0, False)
         try:
             red = Redundancy(info.k, info.n)
@@ -220,7 +221,8 @@ class Repairer:
                 for hid in hs:
                     try:
                         if hid == own:
-                            data = await asyncio.to_thread(self.svc.host.store.get, info.shares[i])
+                            data = await run_blocking(self.svc.host.store.get, info.shares[i],
+                                                      threads=self.threads)
                         else:
                             conn = await self._conn(hid, addrs[hid])
                             try:
@@ -262,7 +264,8 @@ class Repairer:
                     avoid.add(target.node_id)
                     try:
                         conn = await HostConnection.connect(target.addr, self.svc.identity,
-                                                            target.node_id, secrets.token_bytes, 5.0)
+                                                            target.node_id, self.svc.env.token_bytes,
+                                                            5.0, streams=self.svc.streams)
                         try:
                             await asyncio.sleep(self.bucket.delay_for(len(data), self.svc.clock()))
                             await conn.put_share(info.shares[i], data, None, blob)
@@ -284,7 +287,7 @@ class Repairer:
         except XcoreError as exc:
             ev.error = str(exc)
             self._count("repairs_failed")
-        ev.seconds = round(_time.monotonic() - started, 3)
+        ev.seconds = round(self.svc.clock() - started, 3)
         self.events.append(ev)
         del self.events[:-100]
         log.info("repair of segment %s: %s", ev.segment[:12], ev.as_dict())

@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import os
 import random
-import time as _time  # only for throughput figures shown to the user
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -46,6 +45,7 @@ from xcore.errors import (
     CapacityExceeded, LookupFailed, NotEnoughShares, NotFound, ShareCorrupted, XcoreError,
 )
 from xcore.shard.erasure import Redundancy, decode_segment, encode_segment, segment_size
+from xcore.net.streams import TCP
 from xcore.shard.transfer import Grant, HostConnection
 
 GRANT_TERM = 365 * 24 * 3600
@@ -76,12 +76,14 @@ class Client:
     """Runs the data path on top of a started, joined :class:`NodeService`."""
 
     def __init__(self, svc: Any, keys: OwnerKeys, *, rng: random.Random | None = None,
-                 token_bytes: Callable[[int], bytes] = os.urandom,
+                 token_bytes: Callable[[int], bytes] | None = None,
                  parallel_segments: int = 2, timeout: float = 30.0) -> None:
         self.svc = svc
         self.keys = keys
-        self.rng = rng or random.SystemRandom()
-        self.token_bytes = token_bytes
+        env = getattr(svc, "env", None)
+        self.rng = rng or (env.rng if env is not None else random.SystemRandom())
+        self.token_bytes = token_bytes or (env.token_bytes if env is not None else os.urandom)
+        self.streams = getattr(svc, "streams", None) or TCP
         self.parallel_segments = parallel_segments
         self.timeout = timeout
         self.stats = HostStats()
@@ -148,7 +150,8 @@ class Client:
             if conn is not None and not conn.broken:
                 return conn
             conn = await HostConnection.connect(addr, self.svc.identity, host_id,
-                                                self.token_bytes, self.timeout)
+                                                self.token_bytes, self.timeout,
+                                                streams=self.streams)
             self._conns[host_id] = conn
             return conn
 
@@ -291,7 +294,7 @@ class Client:
             size = path.stat().st_size
         except OSError as exc:
             raise NotFound(f"cannot read {path}: {exc.strerror}") from exc
-        started = _time.monotonic()
+        started = self.now()
         hosts = await self.hosts(refresh=True)
         usable = [h for h in hosts if h.free > 0]
         if len(usable) < red.n:
@@ -381,7 +384,7 @@ class Client:
         entry = IndexEntry(file_id, manifest.name, size, manifest.created, mhash, tuple(mhosts),
                            len(blob))
         await self.write_index(index_doc.add(entry), seq, old)
-        elapsed = max(1e-9, _time.monotonic() - started)
+        elapsed = max(1e-9, self.now() - started)
         return {"file_id": file_id.hex(), "name": manifest.name, "size": size,
                 "segments": len(segments), "shares": sum(len(s.shares) for s in segments.values()),
                 "redundancy": str(red), "seconds": round(elapsed, 3),
@@ -456,7 +459,7 @@ class Client:
         return decode_segment(good, red, seg.length)
 
     async def get(self, file_id: bytes, out: Path, progress: Progress | None = None) -> dict[str, Any]:
-        started = _time.monotonic()
+        started = self.now()
         entry = await self.find_entry(file_id)
         man = await self.manifest(entry)
         red = Redundancy(man.k, man.n)
@@ -495,7 +498,7 @@ class Client:
             except OSError:
                 pass
             raise
-        elapsed = max(1e-9, _time.monotonic() - started)
+        elapsed = max(1e-9, self.now() - started)
         return {"file_id": file_id.hex(), "name": man.name, "size": man.size, "out": str(out),
                 "sha256": digest.hexdigest(), "seconds": round(elapsed, 3),
                 "mb_per_s": round(man.size / elapsed / 1e6, 2),

@@ -25,6 +25,7 @@ from xcore.contracts.contract import SignedContract
 from xcore.contracts.segments import SegmentInfo, decode_segment_record
 from xcore.errors import InvalidParameter, RecordRejected, StorageIOError
 from xcore.fsutil import atomic_write
+from xcore.net.streams import TCP, Listener, StreamNet, run_blocking
 from xcore.shard.store import ShareStore, share_name
 from xcore.shard.transfer import (
     CHUNK, DATA, DELETE, E_BAD_REQUEST, E_BUSY, E_CAPACITY, E_CORRUPT, E_DISK_FULL,
@@ -39,7 +40,8 @@ DELETE_SKEW = 600
 class HostService:
     def __init__(self, data_dir: Path, identity: Identity, capacity: int, *,
                  clock: Callable[[], float], token_bytes: Callable[[int], bytes],
-                 max_connections: int = 128, timeout: float = 30.0, fault: str = "") -> None:
+                 max_connections: int = 128, timeout: float = 30.0, fault: str = "",
+                 streams: StreamNet = TCP, threads: bool = True) -> None:
         self.data_dir = Path(data_dir)
         self.identity = identity
         self.capacity = capacity
@@ -51,7 +53,9 @@ class HostService:
         self.max_connections = max_connections
         self.timeout = timeout
         self.connections = 0
-        self.server: asyncio.AbstractServer | None = None
+        self.server: Listener | None = None
+        self.streams = streams
+        self.threads = threads
         self.address: tuple[str, int] | None = None
         self.counters: dict[str, int] = {}
         self.on_stored: Callable[[bytes], None] | None = None
@@ -69,13 +73,13 @@ class HostService:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         try:
-            self.server = await asyncio.start_server(self._serve, host, port, limit=MAX_FRAME * 2)
+            self.server = await self.streams.start_server(self._serve, host, port,
+                                                          limit=MAX_FRAME * 2)
         except OSError:
             if port == 0:
                 raise
-            self.server = await asyncio.start_server(self._serve, host, 0, limit=MAX_FRAME * 2)
-        sock = self.server.sockets[0].getsockname()
-        self.address = (sock[0], sock[1])
+            self.server = await self.streams.start_server(self._serve, host, 0, limit=MAX_FRAME * 2)
+        self.address = self.server.address
         return self.address
 
     async def close(self) -> None:
@@ -267,7 +271,7 @@ class HostService:
             if len(buf) > size:
                 raise RemoteProtocolError("more data than announced")
         try:
-            await asyncio.to_thread(self.store.put, share_hash, bytes(buf))
+            await run_blocking(self.store.put, share_hash, bytes(buf), threads=self.threads)
         except ShareCorrupted:
             self._count("puts_corrupt")
             await fs.send(ERR, E_CORRUPT, "bytes do not match the share hash")
@@ -324,7 +328,8 @@ class HostService:
             if self.fault == "corrupt":
                 data = self._raw_share(challenge.share_hash)
             else:
-                data = await asyncio.to_thread(self.store.get, challenge.share_hash)
+                data = await run_blocking(self.store.get, challenge.share_hash,
+                                          threads=self.threads)
         except ShareNotFound:
             self._count("audits_not_found")
             await fs.send(ERR, E_NOT_FOUND, "no such share")
@@ -395,7 +400,7 @@ class HostService:
             raise RemoteProtocolError("GET: expected 1 field")
         share_hash = as_bytes(f[0], "hash", size=HASH_BYTES)
         try:
-            data = await asyncio.to_thread(self.store.get, share_hash)
+            data = await run_blocking(self.store.get, share_hash, threads=self.threads)
         except ShareNotFound:
             self._count("gets_not_found")
             await fs.send(ERR, E_NOT_FOUND, "no such share")

@@ -52,6 +52,7 @@ from typing import Any, Callable
 
 from xcore.codec import as_bytes, as_int, as_list, as_str, canonical, expect, pack, unpack_bounded
 from xcore.crypto.identity import ID_BYTES, PUBKEY_BYTES, SIG_BYTES, Identity, node_id_of, verify
+from xcore.net.streams import TCP, StreamNet
 from xcore.errors import (
     BadIdentity, BadSignature, CapacityExceeded, DiskFull, LocalProtocolError, MessageTooLarge,
     RemoteProtocolError, ShareCorrupted, ShareNotFound, Timeout, XcoreError,
@@ -275,10 +276,11 @@ class HostConnection:
 
     @classmethod
     async def connect(cls, addr: tuple[str, int], identity: Identity, expected_id: bytes | None,
-                      token_bytes: Callable[[int], bytes], timeout: float = 10.0) -> "HostConnection":
+                      token_bytes: Callable[[int], bytes], timeout: float = 10.0,
+                      streams: StreamNet = TCP) -> "HostConnection":
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(addr[0], addr[1], limit=MAX_FRAME * 2), timeout)
+                streams.open_connection(addr[0], addr[1], limit=MAX_FRAME * 2), timeout)
         except asyncio.TimeoutError as exc:
             raise Timeout(f"connecting to {addr[0]}:{addr[1]} timed out") from exc
         except OSError as exc:
