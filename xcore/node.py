@@ -101,7 +101,9 @@ def init_node(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, capacit
               bootstrap: list[str] | None = None, difficulty: int = DEFAULT_DIFFICULTY,
               diversity: bool = True, force: bool = False,
               repair_interval: float = DEFAULT_REPAIR_INTERVAL,
-              repair_grace: float = DEFAULT_REPAIR_GRACE) -> dict[str, Any]:
+              repair_grace: float = DEFAULT_REPAIR_GRACE,
+              token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Create a node data directory: identity (solving the ID puzzle) and config."""
     data_dir = Path(data_dir)
     if (data_dir / CONFIG_NAME).exists() and not force:
@@ -116,12 +118,12 @@ def init_node(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, capacit
     if key_path.exists():
         identity = Identity.load(key_path)  # --force rewrites the config, never the identity
     else:
-        identity = Identity.generate(difficulty, secrets.token_bytes)
+        identity = Identity.generate(difficulty, token_bytes)
         identity.save(key_path)
     config = {"version": CONFIG_VERSION, "host": host, "port": port, "capacity": capacity,
               "bootstrap": list(bootstrap or []), "difficulty": difficulty,
               "diversity": diversity, "repair_interval": float(repair_interval),
-              "repair_grace": float(repair_grace)}
+              "repair_grace": float(repair_grace), **(extra or {})}
     atomic_write(data_dir / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
     return {"node_id": identity.node_id.hex(), "data": str(data_dir), **config}
 
@@ -155,6 +157,7 @@ class NodeEnv:
     net: Any = None  # has open_udp/open_connection/start_server; None: real sockets
     threads: bool = True
     control: bool = True  # serve the control socket and write node.pid
+    save_interval: float = SAVE_INTERVAL
 
 
 class NodeService:
@@ -273,9 +276,11 @@ class NodeService:
             self.driver.close()
 
     async def stop(self) -> None:
-        for task in (self._saver, self._announcer, self._repair_task, self._audit_task):
-            if task is not None:
-                task.cancel()
+        tasks = [t for t in (self._saver, self._announcer, self._repair_task, self._audit_task)
+                 if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.host is not None:
             await self.host.close()
         self.save_state()
@@ -352,7 +357,7 @@ class NodeService:
 
     async def _save_loop(self) -> None:
         while True:
-            await asyncio.sleep(SAVE_INTERVAL)
+            await asyncio.sleep(self.env.save_interval)
             try:
                 self.save_state()
             except OSError as exc:

@@ -51,7 +51,7 @@ from xcore.shard.transfer import Grant, HostConnection
 GRANT_TERM = 365 * 24 * 3600
 REPAIR_PRICE_CAP = 20_000  # micro-euros per GB-month a repair may agree (the appendix's 0.02 EUR)
 INDEX_TTL = 30 * 24 * 3600
-BLOB_COPIES = 3
+BLOB_COPIES = 5  # n - k + 1 at the default 4/8: metadata survives what data survives
 MAX_BLOB = 2 * 1024 * 1024
 Progress = Callable[[dict[str, Any]], None]
 
@@ -187,9 +187,8 @@ class Client:
 
     async def place(self, share_hash: bytes, data: bytes, candidates: list[HostInfo],
                     avoid: set[bytes], attempts: int = 8, seg_blob: bytes | None = None,
-                    red: Redundancy | None = None) -> HostInfo:
+                    red: Redundancy | None = None, last: Exception | None = None) -> HostInfo:
         """Upload one share to the first candidate that takes it."""
-        last: Exception | None = None
         for _ in range(attempts):
             pick = select_hosts(candidates, 1, rng=self.rng, now=self.now(), need_bytes=len(data),
                                 exclude=avoid, rtt=self.rtt, reputation=self.reputation)
@@ -208,14 +207,17 @@ class Client:
 
     # -- blobs (manifests, index) --------------------------------------------------
 
-    async def store_blob(self, blob: bytes) -> tuple[bytes, list[tuple[bytes, str]]]:
+    async def store_blob(self, blob: bytes, copies: int = BLOB_COPIES
+                         ) -> tuple[bytes, list[tuple[bytes, str]]]:
+        """Mirror a metadata blob on ``copies`` hosts. A file's manifest gets
+        at least n - k + 1 copies, so it survives whatever its data survives."""
         if len(blob) > MAX_BLOB:
             raise CapacityExceeded(f"metadata blob of {len(blob)} bytes exceeds {MAX_BLOB}")
         h = hashlib.sha256(blob).digest()
         hosts = await self.hosts()
         avoid: set[bytes] = set()
         placed = await asyncio.gather(*(self.place(h, blob, hosts, avoid)
-                                        for _ in range(min(BLOB_COPIES, len(hosts)))),
+                                        for _ in range(min(copies, len(hosts)))),
                                       return_exceptions=True)
         where = [(p.node_id, f"{p.addr[0]}:{p.addr[1]}") for p in placed if isinstance(p, HostInfo)]
         if not where:
@@ -328,16 +330,19 @@ class Client:
                     h = hashes[i]
                     root = share_merkle_root(data)  # 1 KiB audit blocks, as in the contract
                     host: HostInfo | None = None
+                    first_error: Exception | None = None
                     if first is not None:
                         avoid.add(first.node_id)
                         try:
                             await self._upload(first, h, data, seg_blob, red)
                             self.stats.ok(first.node_id)
                             host = first
-                        except (XcoreError, OSError, asyncio.TimeoutError):
+                        except (XcoreError, OSError, asyncio.TimeoutError) as exc:
                             self.stats.fail(first.node_id)
+                            first_error = exc
                     if host is None:
-                        host = await self.place(h, data, usable, avoid, seg_blob=seg_blob, red=red)
+                        host = await self.place(h, data, usable, avoid, seg_blob=seg_blob, red=red,
+                                                last=first_error)
                     refs[i] = ShareRef(i, h, len(data), root, host.node_id,
                                        f"{host.addr[0]}:{host.addr[1]}")
                 await asyncio.gather(*(one(i, s, chosen[i] if i < len(chosen) else None)
@@ -367,19 +372,21 @@ class Client:
                 if len(chunk) < seg_len:
                     break
                 # surface failures early instead of uploading the rest
-                for t in tasks:
-                    if t.done() and t.exception() is not None:
-                        raise t.exception()  # type: ignore[misc]
+                failed = next((t for t in tasks if t.done() and not t.cancelled()
+                               and t.exception() is not None), None)
+                if failed is not None:
+                    break
             try:
                 await asyncio.gather(*tasks)
             except BaseException:
                 for t in tasks:
                     t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 raise
         manifest = Manifest(1, file_id, name or path.name, size, int(self.now()), red.k, red.n,
                             seg_len, tuple(segments[i] for i in range(len(segments))))
         blob = seal_manifest(manifest, self.keys)
-        mhash, mhosts = await self.store_blob(blob)
+        mhash, mhosts = await self.store_blob(blob, min(16, max(BLOB_COPIES, red.n - red.k + 1)))
         index_doc, seq, old = await self.read_index()
         entry = IndexEntry(file_id, manifest.name, size, manifest.created, mhash, tuple(mhosts),
                            len(blob))
@@ -518,11 +525,12 @@ class Client:
             raise NotFound(f"no file {file_id.hex()} in this owner's index")
         man = await self.manifest(entry)
         await self.write_index(index_doc.remove(file_id), seq, old)
-        deleted = 0
-        for seg in man.segments:
-            for s in seg.shares:
-                holders = [(s.host_id, s.host_addr)] + await self.holders(s.hash)
-                deleted += await self._delete_everywhere(s.hash, dict(holders).items())
+        shares = [s for seg in man.segments for s in seg.shares]
+        found = await asyncio.gather(*(self.holders(s.hash) for s in shares))
+        counts = await asyncio.gather(*(
+            self._delete_everywhere(s.hash, dict([(s.host_id, s.host_addr)] + extra).items())
+            for s, extra in zip(shares, found)))
+        deleted = sum(counts)
         deleted += await self._delete_everywhere(entry.manifest_hash, entry.manifest_hosts)
         return {"file_id": file_id.hex(), "name": entry.name, "shares_deleted": deleted}
 

@@ -100,6 +100,12 @@ def mac(key: bytes, message: bytes) -> bytes:
     return hashlib.blake2b(message, digest_size=MAC_BYTES, key=key).digest()
 
 
+@functools.lru_cache(maxsize=65536)
+def _curve_pk(ed_pubkey: bytes) -> bytes:
+    """Ed25519 -> X25519 public key (pure, so shared process-wide)."""
+    return nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(ed_pubkey)  # type: ignore[no-any-return]
+
+
 class Identity:
     """An Ed25519 key pair whose node ID solves the ID puzzle."""
 
@@ -141,7 +147,7 @@ class Identity:
         if key is not None:
             return key
         try:
-            curve_pk = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(peer_pubkey)
+            curve_pk = _curve_pk(peer_pubkey)
             shared = nacl.bindings.crypto_scalarmult(self._curve_sk, curve_pk)
         except (nacl.exceptions.CryptoError, nacl.exceptions.RuntimeError,
                 nacl.exceptions.ValueError, nacl.exceptions.TypeError,

@@ -690,11 +690,16 @@ class DHTNode:
                     self._count("writebacks")
                     self._request(c.address, c.id, c.pubkey, Store(rec.encode()), now,
                                   lambda m, cc, t: None, lambda t: None)
-        for rec in lk.records.values():
-            try:
-                self.store.put(rec, now)
-            except RecordRejected:
-                pass
+        # Keep what we found only if we are ourselves among the k closest to
+        # the key: elsewhere a copy would only multiply hourly republishing.
+        t = int.from_bytes(lk.target, "big")
+        own = int.from_bytes(self.identity.node_id, "big") ^ t
+        if len(closest) < self.config.ksize or own < (closest[-1].long_id ^ t):
+            for rec in lk.records.values():
+                try:
+                    self.store.put(rec, now)
+                except RecordRejected:
+                    pass
         lk.op.set_result(LookupResult(closest, self._sorted(lk.records), hops, lk.messages))
 
     def _store_at_closest(self, record: Record, now: float, op: Operation[int], local: int) -> None:

@@ -22,6 +22,7 @@ paper section 4.1). Replaced from that package, and why:
 from __future__ import annotations
 
 import functools
+import heapq
 import ipaddress
 from typing import Callable
 
@@ -45,6 +46,15 @@ def ip_group(host: str) -> str | None:
     if ip.version == 4:
         return str(ipaddress.ip_network(f"{host}/24", strict=False))
     return str(ipaddress.ip_network(f"{host}/48", strict=False))
+
+
+def _depth(bucket: KBucket) -> int:
+    """Shared prefix length of a bucket's IDs (the stock depth() builds
+    160-character bit strings for every ID)."""
+    ids = [n.long_id for n in bucket.nodes.values()]
+    if not ids:
+        return 0
+    return 160 - (min(ids) ^ max(ids)).bit_length()
 
 
 class Contact(Node):  # type: ignore[misc]
@@ -192,15 +202,17 @@ class RoutingTable:
             return None
         # Full: split if the bucket holds our own ID, or is shallow enough
         # (paper section 4.2, relaxed as in the kademlia package: depth % 5).
-        if bucket.has_in_range(self.own) or bucket.depth() % 5 != 0:
+        if bucket.has_in_range(self.own) or _depth(bucket) % 5 != 0:
             one, two = bucket.split()
             self.buckets[index:index + 1] = [one, two]
             return self.add(contact, now)
-        if self._group_ok(bucket, contact):
-            bucket.replacement_nodes.pop(contact.id, None)
-            bucket.replacement_nodes[contact.id] = contact
-            while len(bucket.replacement_nodes) > bucket.max_replacement_nodes:
-                bucket.replacement_nodes.popitem(last=False)
+        if not self._group_ok(bucket, contact):
+            self.rejected_diversity += 1
+            return None  # could never enter: no point pinging the head for it
+        bucket.replacement_nodes.pop(contact.id, None)
+        bucket.replacement_nodes[contact.id] = contact
+        while len(bucket.replacement_nodes) > bucket.max_replacement_nodes:
+            bucket.replacement_nodes.popitem(last=False)
         return bucket.head()  # type: ignore[no-any-return]
 
     def touch(self, node_id: bytes, now: float) -> None:
@@ -243,9 +255,8 @@ class RoutingTable:
                 exclude: bytes | None = None) -> list[Contact]:
         k = self.ksize if k is None else k
         t = int.from_bytes(target, "big")
-        cands = [c for c in self.contacts.values() if c.id != exclude]
-        cands.sort(key=lambda c: c.long_id ^ t)
-        return cands[:k]
+        return heapq.nsmallest(k, (c for c in self.contacts.values() if c.id != exclude),
+                               key=lambda c: c.long_id ^ t)
 
     def all(self) -> list[Contact]:
         return list(self.contacts.values())

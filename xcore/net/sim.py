@@ -121,12 +121,12 @@ class SimNetwork:
         deadline = host.endpoint.get_timer()
         if deadline is not None and (host.armed is None or deadline < host.armed):
             host.armed = deadline
-            self.schedule(max(deadline, self.now), lambda a=addr: self._wake(a))
+            self.schedule(max(deadline, self.now), lambda a=addr, d=deadline: self._wake(a, d))
 
-    def _wake(self, addr: Address) -> None:
+    def _wake(self, addr: Address, deadline: float) -> None:
         host = self.hosts[addr]
-        if not host.alive:
-            return
+        if not host.alive or host.armed != deadline:
+            return  # superseded by an earlier wake-up
         host.armed = None
         host.endpoint.handle_timer(self.now)
         self._pump(addr)

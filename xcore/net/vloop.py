@@ -59,7 +59,13 @@ class _NullSelector(selectors.BaseSelector):
         if timeout is None:
             raise SimulationStalled("nothing left to run and no timer set: the simulation is stuck")
         if timeout > 0:
-            self.loop.advance(timeout)
+            # jump exactly to the next timer: adding the float timeout to a
+            # clock near 1.7e9 can round below it and spin forever
+            nxt = self.loop._scheduled[0]._when if self.loop._scheduled else None  # type: ignore[attr-defined]
+            if nxt is not None and nxt - self.loop.time() <= timeout + 1e-6:
+                self.loop.advance_to(nxt)
+            else:
+                self.loop.advance(timeout)
         return []
 
     def close(self) -> None:
@@ -80,6 +86,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super().__init__(selector=sel)
         sel.loop = self
         self.slept = 0.0
+        # a clock near 1.7e9 s has a float step of ~2.4e-7 s: timers closer
+        # than that to "now" must count as due, or the loop spins
+        self._clock_resolution = 1e-6
 
     def time(self) -> float:
         return self._vt
@@ -87,6 +96,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def advance(self, seconds: float) -> None:
         self._vt += seconds
         self.slept += seconds
+
+    def advance_to(self, when: float) -> None:
+        if when > self._vt:
+            self.slept += when - self._vt
+            self._vt = when
 
 
 # -- datagrams ---------------------------------------------------------------
@@ -130,6 +144,7 @@ class _SimStreamTransport(asyncio.Transport):
         self.protocol: asyncio.Protocol | None = None
         self.closed = False
         self.busy_until = 0.0  # serialisation of this direction at the link's bandwidth
+        self.lat = net.latency_of(local, remote)  # fixed per connection: bytes stay in order
 
     def write(self, data: Any) -> None:
         if self.closed or self.peer is None:
@@ -161,8 +176,7 @@ class _SimStreamTransport(asyncio.Transport):
         self.closed = True
         self.net.streams_open.discard(self)
         if self.peer is not None and not self.peer.closed:
-            when = max(self.net.loop.time() + self.net.latency_of(self.local, self.remote),
-                       self.busy_until)
+            when = max(self.net.loop.time(), self.busy_until) + self.lat
             self.net.loop.call_at(when, self.peer._eof, None)
         if self.protocol is not None:
             self.net.loop.call_soon(self.protocol.connection_lost, None)
@@ -174,7 +188,7 @@ class _SimStreamTransport(asyncio.Transport):
         self.closed = True
         self.net.streams_open.discard(self)
         if self.peer is not None and not self.peer.closed:
-            self.net.loop.call_at(self.net.loop.time() + self.net.latency_of(self.local, self.remote),
+            self.net.loop.call_at(self.net.loop.time() + self.lat,
                                   self.peer._eof, ConnectionResetError("peer died"))
         if self.protocol is not None:
             self.net.loop.call_soon(self.protocol.connection_lost, ConnectionResetError("aborted"))
@@ -301,7 +315,7 @@ class SimNet:
         now = self.loop.time()
         start = max(now, t.busy_until)
         t.busy_until = start + nbytes / self.bandwidth
-        return t.busy_until + self.latency_of(t.local, t.remote)
+        return t.busy_until + t.lat
 
     def for_host(self, host: str) -> "HostNet":
         """The stream network as seen from ``host`` (client ends carry its address)."""

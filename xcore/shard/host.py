@@ -30,7 +30,7 @@ from xcore.shard.store import ShareStore, share_name
 from xcore.shard.transfer import (
     CHUNK, DATA, DELETE, E_BAD_REQUEST, E_BUSY, E_CAPACITY, E_CORRUPT, E_DISK_FULL,
     E_NOT_FOUND, E_UNAUTHORIZED, ERR, GET, HASH_BYTES, MAX_FRAME, MAX_SHARE, OK, PUT,
-    ANSWER, AUDIT, HAS, READY, SIZE, STAT, FrameStream, Grant, delete_signing_bytes, server_handshake,
+    ANSWER, AUDIT, HAS, READY, SIZE, STAT, ConnectionClosed, FrameStream, Grant, delete_signing_bytes, server_handshake,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class HostService:
         self.on_stored: Callable[[bytes], None] | None = None
         self.on_deleted: Callable[[bytes], None] | None = None
         self.segment_of: dict[bytes, bytes] = {}
+        self._writers: set[asyncio.StreamWriter] = set()
         self.on_contract: Callable[[SignedContract], None] | None = None
         # Fault injection for tests and simulations of dishonest hosts
         # (config key "fault"): "delete" drops shares after accepting them,
@@ -85,6 +86,10 @@ class HostService:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        for w in list(self._writers):  # a stopped node serves nothing more
+            w.close()
+        self._writers.clear()
+        if self.server is not None:
             await self.server.wait_closed()
 
     # -- owners -------------------------------------------------------------
@@ -142,11 +147,15 @@ class HostService:
         if self.connections >= self.max_connections:
             self._count("refused_busy")
             try:
+                fs.timeout = 2.0
+                await fs.recv()  # the HELLO: unread input would turn our close into a reset
                 await fs.send(ERR, E_BUSY, "too many connections")
-            except XcoreError:
+                writer.write_eof()
+            except (XcoreError, OSError, RuntimeError):
                 pass
             fs.close()
             return
+        self._writers.add(writer)
         self.connections += 1
         try:
             try:
@@ -159,12 +168,15 @@ class HostService:
                     ftype, fields = await fs.recv()
                 except Timeout:
                     return
-                except RemoteProtocolError as exc:
-                    if "closed" not in str(exc):
-                        self._count("bad_frames")
+                except ConnectionClosed:
+                    return
+                except RemoteProtocolError:
+                    self._count("bad_frames")
                     return
                 try:
                     await self._request(fs, peer, ftype, fields)
+                except ConnectionClosed:
+                    return  # the client hung up (normal: it had its k shares)
                 except RemoteProtocolError as exc:
                     self._count("bad_requests")
                     try:
@@ -179,6 +191,7 @@ class HostService:
             log.exception("error serving a transfer connection")
         finally:
             self.connections -= 1
+            self._writers.discard(writer)
             fs.close()
 
     async def _request(self, fs: FrameStream, peer: bytes, ftype: int, f: list[Any]) -> None:
@@ -271,7 +284,13 @@ class HostService:
             if len(buf) > size:
                 raise RemoteProtocolError("more data than announced")
         try:
-            await run_blocking(self.store.put, share_hash, bytes(buf), threads=self.threads)
+            written = await run_blocking(self.store.put, share_hash, bytes(buf), threads=self.threads)
+            if not written and not self.store.has(share_hash):
+                # the same share is being written by another connection: it may
+                # still fail its hash check, so do not claim we hold it
+                self._count("puts_busy")
+                await fs.send(ERR, E_BUSY, "this share is being written; retry")
+                return
         except ShareCorrupted:
             self._count("puts_corrupt")
             await fs.send(ERR, E_CORRUPT, "bytes do not match the share hash")

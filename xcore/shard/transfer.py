@@ -93,11 +93,16 @@ class HostRefused(XcoreError):
         self.code = code
 
 
+class ConnectionClosed(RemoteProtocolError):
+    """The connection was closed."""
+
+
 def error_for(code: int, message: str) -> XcoreError:
     cls = ERROR_CLASSES.get(code)
     if cls is None:
         return HostRefused(code, message)
     err = cls(f"host refused: {message}")
+    err.refusal = True  # type: ignore[attr-defined]  # a clean ERR frame: the stream is fine
     return err
 
 
@@ -138,20 +143,25 @@ class FrameStream:
         except asyncio.TimeoutError as exc:
             raise Timeout("peer went silent") from exc
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise RemoteProtocolError("connection closed") from exc
+            raise ConnectionClosed("connection closed") from exc
         self.bytes_in += 4 + size
         return decode_frame(body)
 
     async def send(self, ftype: int, *fields: Any) -> None:
         data = encode_frame(ftype, *fields)
         self.bytes_out += len(data)
-        self.writer.write(data)
+        if self.writer.is_closing():
+            raise ConnectionClosed("connection closed")
+        try:
+            self.writer.write(data)
+        except (RuntimeError, ConnectionError) as exc:  # uvloop raises RuntimeError on a closed transport
+            raise ConnectionClosed("connection closed") from exc
         try:
             await asyncio.wait_for(self.writer.drain(), self.timeout)  # back-pressure
         except asyncio.TimeoutError as exc:
             raise Timeout("peer stopped reading") from exc
         except ConnectionError as exc:
-            raise RemoteProtocolError("connection closed") from exc
+            raise ConnectionClosed("connection closed") from exc
 
     async def expect(self, *types: int) -> list[Any]:
         ftype, fields = await self.recv()
@@ -296,10 +306,13 @@ class HostConnection:
     async def _guard(self, coro: Any) -> Any:
         async with self.lock:
             if self.broken:
+                coro.close()
                 raise RemoteProtocolError("connection is broken")
             try:
                 return await coro
-            except (RemoteProtocolError, Timeout, asyncio.CancelledError):
+            except (RemoteProtocolError, Timeout, asyncio.CancelledError) as exc:
+                if getattr(exc, "refusal", False):
+                    raise  # the host said no in an ERR frame; the stream is still in step
                 self.broken = True
                 self.fs.close()
                 raise

@@ -1,0 +1,1 @@
+"""xcore network simulators: protocol-level (the real node code) and model-level (numpy)."""
