@@ -442,6 +442,57 @@ def hosts_cmd(data: Path, as_json: bool) -> None:
         f"lat {r['latency_ms']} ms  up {r['uptime']} s  score {r['score']}" for r in rs))
 
 
+# -- simulation ----------------------------------------------------------------
+
+
+def _deterministic_hashes() -> None:
+    """Same seed, same result: pin Python's hash seed (set/dict order of str
+    and bytes) by re-running this command with PYTHONHASHSEED=0."""
+    import os
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        os.execve(sys.executable, [sys.executable, "-m", "xcore", *sys.argv[1:]], env)
+
+
+@main.group(cls=XcoreGroup)
+def sim() -> None:
+    """Network simulations: the real node code under churn, or a numpy model at scale."""
+
+
+@sim.command("run")
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@json_option
+def sim_run(scenario: Path, seed: int, out: Path, as_json: bool) -> None:
+    """Run SCENARIO.toml; write metrics (CSV/JSON) and plots (PNG) to OUT."""
+    _deterministic_hashes()
+    from sims.run import load_scenario, run_scenario
+    doc = load_scenario(scenario)
+    log = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
+    summary = run_scenario(doc, seed, out, base_dir=scenario.parent, log=log)
+    emit(summary, as_json, lambda s: json.dumps(s, indent=2, sort_keys=True))
+
+
+@sim.command("sweep")
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--param", "params", multiple=True, help="NAME=V1,V2,... (dotted names reach into tables).")
+@click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per grid point.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--scheduler", default=None, help="Dask scheduler address (default: local processes).")
+@json_option
+def sim_sweep(scenario: Path, params: tuple[str, ...], seeds: int, out: Path,
+              scheduler: str | None, as_json: bool) -> None:
+    """Run a grid of parameters x seeds in parallel; write a table and plots with 95% CIs."""
+    _deterministic_hashes()
+    from sims.run import load_scenario, parse_params, sweep
+    doc = load_scenario(scenario)
+    res = sweep(doc, parse_params(params), seeds, out, base_dir=scenario.parent,
+                scheduler=scheduler, log=(lambda m: None) if as_json else
+                (lambda m: click.echo(m, err=True)))
+    emit(res, as_json, lambda r: f"{r['runs']} runs over {r['points']} grid points -> {r['out']}")
+
+
 # -- devnet ---------------------------------------------------------------
 
 

@@ -62,7 +62,6 @@ class ProtocolConfig:
     loss: float = 0.0
     bandwidth: float = 12.5e6
     churn: dict[str, Any] = field(default_factory=lambda: {"model": "none"})
-    permanent_fraction: float = 0.3
     correlated: list[dict[str, Any]] = field(default_factory=list)
     dishonest_fraction: float = 0.0
     dishonest_mode: str = "delete"
@@ -93,8 +92,7 @@ class ProtocolConfig:
                 loss=float(net.get("loss", 0.0)),
                 bandwidth=float(net.get("bandwidth_mbps", 100)) * 1e6 / 8,
                 churn=dict(doc.get("churn", {"model": "none"})),
-                permanent_fraction=float(doc.get("churn", {}).get("permanent_fraction", 0.3)),
-                correlated=list(doc.get("correlated", [])),
+                correlated=list(doc.get("events", [])),
                 dishonest_fraction=float(dis.get("fraction", 0.0)),
                 dishonest_mode=str(dis.get("mode", "delete")),
                 repair_interval=float(rep.get("interval_minutes", 5)) * 60,
@@ -241,47 +239,48 @@ class ProtocolSim:
         self.events.append({"t": round(self.loop.time() - self.start, 3), "event": kind, **kw})
 
     def _churn_plan(self) -> list[tuple[float, str, int]]:
-        """(time, "down"|"up"|"gone", host) for the whole run, from the churn model."""
-        from sims.churn import ChurnModel
+        """(time, "down"|"up"|"gone", host) for the whole run.
+
+        Uses the same churn models as the model-level simulator
+        (:mod:`sims.churn`): each host has a lifetime (then it leaves for
+        good, shares lost) within which sessions and downtimes alternate;
+        hosts start in the stationary state (residual lifetime). A trace
+        replays measured events; ``[[events]]`` add correlated failures.
+        """
         import numpy as np
+        from sims.churn import ChurnModel, Trace, events_from_config
         spec = dict(self.cfg.churn)
-        if spec.get("model", "none") == "none":
-            model = None
-        else:
-            model = ChurnModel.from_config(spec)
+        model = None if spec.get("model", "none") == "none" else ChurnModel.from_config(spec)
         plan: list[tuple[float, str, int]] = []
         gen = np.random.default_rng(self.seed)
         t0 = self.loop.time()
-        end = t0 + self.cfg.duration
-        if model is not None and hasattr(model, "events"):
-            for t, kind, i in model.events(len(self.hosts), self.cfg.duration):  # trace replay
-                if i < len(self.hosts):
-                    plan.append((t0 + float(t), kind, int(i)))
+        n = len(self.hosts)
+        if isinstance(model, Trace):
+            for t, kind, i in model.events(n, self.cfg.duration):
+                plan.append((t0 + float(t), str(kind), int(i)))
         elif model is not None:
-            for i in range(len(self.hosts)):
-                t = t0
-                while True:
-                    t += float(model.sample_sessions(gen, 1)[0])
+            lives = model.sample_residual_lifetimes(gen, n)
+            for i in range(n):
+                end = min(float(lives[i]), self.cfg.duration)
+                t = 0.0
+                while model.transient:
+                    t += float(model.sample_sessions(gen, 1, t)[0])
                     if t >= end:
                         break
-                    if gen.random() < self.cfg.permanent_fraction:
-                        plan.append((t, "gone", i))
-                        break
-                    plan.append((t, "down", i))
-                    t += float(model.sample_downtimes(gen, 1)[0])
+                    plan.append((t0 + t, "down", i))
+                    t += float(model.sample_downtimes(gen, 1, t)[0])
                     if t >= end:
                         break
-                    plan.append((t, "up", i))
-        for ev in self.cfg.correlated:
-            at = t0 + float(ev.get("at_hours", 1)) * HOUR
-            frac = float(ev.get("fraction", 0.3))
-            victims = self.rng.sample(range(len(self.hosts)), int(frac * len(self.hosts)))
-            kind = "gone" if ev.get("permanent", True) else "down"
+                    plan.append((t0 + t, "up", i))
+                if lives[i] < self.cfg.duration:
+                    plan.append((t0 + float(lives[i]), "gone", i))
+        for ev in events_from_config(self.cfg.correlated):
+            k = max(1, int(round(ev.fraction * n)))
+            victims = sorted(self.rng.sample(range(n), min(k, n)))
             for i in victims:
-                plan.append((at, kind, i))
-            if not ev.get("permanent", True):
-                back = at + float(ev.get("duration_hours", 1)) * HOUR
-                plan.extend((back, "up", i) for i in victims)
+                plan.append((t0 + float(ev.at), "gone" if ev.permanent else "down", i))
+                if not ev.permanent:
+                    plan.append((t0 + float(ev.at) + float(ev.duration), "up", i))
         plan.sort(key=lambda e: (e[0], e[2], e[1]))
         return plan
 

@@ -35,6 +35,7 @@ from xcore.contracts.audit import (
 from xcore.contracts.contract import SignedContract, contract_key, parse_contract_record
 from xcore.contracts.hosts import HOST_SHARDS, HostInfo, host_shard_key
 from xcore.contracts.reputation import Reputation
+from xcore.crypto.identity import puzzle_ok
 from xcore.errors import NotFound, RecordRejected, RemoteProtocolError, XcoreError
 from xcore.net.aio import wait_op
 from xcore.shard.transfer import HostConnection
@@ -101,6 +102,8 @@ class Auditor:
                 try:
                     h = HostInfo.from_record(rec)
                 except XcoreError:
+                    continue
+                if not puzzle_ok(h.node_id, self.svc.dht.config.difficulty):
                     continue
                 if h.node_id not in best or h.seen > best[h.node_id].seen:
                     best[h.node_id] = h

@@ -36,7 +36,8 @@ def parse_address(text: str) -> tuple[str, int]:
             raise ConfigError(f"bad address {text!r}: write IPv6 addresses as [addr]:port")
     if not host or len(host) > 253 or any(c.isspace() for c in host):
         raise ConfigError(f"bad address {text!r}: bad host")
-    if not (port_s.isascii() and port_s.isdigit()) or not 1 <= int(port_s) <= 65535:
+    if (not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5
+            or not 1 <= int(port_s) <= 65535):
         raise ConfigError(f"bad address {text!r}: port must be 1-65535")
     return host, int(port_s)
 

@@ -83,11 +83,13 @@ def parse_size(text: str) -> int:
 def load_config(data_dir: Path) -> dict[str, Any]:
     path = Path(data_dir) / CONFIG_NAME
     try:
+        if path.stat().st_size > 1 << 20:
+            raise ConfigError(f"{path} is larger than 1 MiB")
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{data_dir} is not a node data directory: run `xcore node init --data {data_dir}`") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("version") != CONFIG_VERSION:
         raise ConfigError(f"{path}: unknown config version")
     for key, typ in (("host", str), ("port", int), ("capacity", int), ("bootstrap", list),

@@ -20,6 +20,7 @@ from xcore.contracts.hosts import HostInfo, loc_address, loc_key
 from xcore.contracts.repair import RepairPlanner, TokenBucket, claim_key, make_claim, winning_claim
 from xcore.contracts.segments import SegmentInfo
 from xcore.contracts.selection import select_hosts
+from xcore.crypto.identity import puzzle_ok
 from xcore.errors import NotEnoughShares, NotFound, XcoreError
 from xcore.net.aio import wait_op
 from xcore.net.streams import run_blocking
@@ -198,7 +199,9 @@ class Repairer:
         try:
             await wait_op(op, 30)
         except XcoreError:
-            return False
+            # e.g. the key is full of junk claims by non-holders: they cannot
+            # win (only live holders count), so decide from what we read
+            self._count("claims_unpublished")
         claims = await self._dht_get(claim_key(info.segment_id))
         win = winning_claim(claims + [rec], self.svc.clock(), alive | {self.svc.identity.node_id})
         return win is not None and win.signer_id == self.svc.identity.node_id
@@ -302,6 +305,8 @@ class Repairer:
                 try:
                     h = HostInfo.from_record(rec)
                 except XcoreError:
+                    continue
+                if not puzzle_ok(h.node_id, self.svc.dht.config.difficulty):
                     continue
                 if h.node_id not in best or h.seen > best[h.node_id].seen:
                     best[h.node_id] = h

@@ -39,6 +39,7 @@ from xcore.contracts.hosts import HOST_SHARDS, HostInfo, host_shard_key, loc_add
 from xcore.contracts.contract import Contract, SignedContract, share_merkle_root
 from xcore.contracts.segments import make_segment_record
 from xcore.contracts.selection import select_hosts
+from xcore.crypto.identity import puzzle_ok
 from xcore.crypto.stream import CtrStream
 from xcore.dht.records import Record
 from xcore.errors import (
@@ -125,6 +126,8 @@ class Client:
                     h = HostInfo.from_record(rec)
                 except XcoreError:
                     continue
+                if not puzzle_ok(h.node_id, self.svc.dht.config.difficulty):
+                    continue  # a host ID must cost what a node ID costs (Sybil)
                 cur = best.get(h.node_id)
                 if cur is None or h.seen > cur.seen:
                     best[h.node_id] = h

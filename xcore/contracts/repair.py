@@ -74,11 +74,22 @@ def make_claim(identity: Identity, seg_id: bytes, now: float, ttl: float) -> Rec
 
 
 def winning_claim(claims: Iterable[Record], now: float, alive: set[bytes]) -> Record | None:
-    """The claim that holds: the earliest unexpired one by a live node."""
-    valid = [c for c in claims if c.kind == "claim" and c.expires > now and c.signer_id in alive]
+    """The claim that holds: among unexpired claims by live holders of the
+    segment, the one whose signer is closest (XOR) to the segment ID — the
+    same leader rule as the planner's, so a claimant cannot win by
+    backdating its claim's seq, and claims by non-holders count for nothing."""
+    valid = []
+    for c in claims:
+        if c.kind != "claim" or c.expires <= now or c.signer_id not in alive:
+            continue
+        try:
+            seg = parse_claim(c)
+        except RemoteProtocolError:
+            continue
+        valid.append((int.from_bytes(c.signer_id, "big") ^ int.from_bytes(seg, "big"), c))
     if not valid:
         return None
-    return min(valid, key=lambda c: (c.seq, c.signer_id))
+    return min(valid, key=lambda dc: (dc[0], dc[1].signer_id))[1]
 
 
 @dataclass

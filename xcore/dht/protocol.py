@@ -84,6 +84,7 @@ class DHTConfig:
     max_rate_entries: int = 20_000
     diversity: bool = True
     welcome_batch: int = 64  # records handed to one newcomer at most
+    max_seen: int = 200_000  # replay cache entries (request IDs within the window)
 
 
 @dataclass
@@ -308,6 +309,14 @@ class DHTNode:
             if key in self._seen:
                 self._count("dropped_replayed")
                 return
+            if len(self._seen) >= self.config.max_seen:
+                cutoff = now - self.config.replay_window
+                self._seen = {k: v for k, v in self._seen.items() if v >= cutoff}
+                if len(self._seen) >= self.config.max_seen:
+                    # cannot remember more requests: refuse rather than forget
+                    # fresh ones (which would reopen replays)
+                    self._count("dropped_replay_cache_full")
+                    return
             self._seen[key] = now
             self._handle_request(msg, contact, addr, now)
             if msg.auth_kind == AUTH_MAC or sender_id in self.routing:
@@ -804,7 +813,10 @@ class DHTNode:
         """Load a snapshot; everything is re-validated, bad entries dropped."""
         if not isinstance(snap, dict) or snap.get("v") != 1:
             return
-        for item in snap.get("contacts", []) or []:
+        def section(name: str) -> list[Any]:
+            v = snap.get(name)
+            return v if isinstance(v, list) else []
+        for item in section("contacts"):
             try:
                 info = ContactInfo.decode(item)
             except RemoteProtocolError:
@@ -812,9 +824,9 @@ class DHTNode:
             c = self._contact_from_info(info)
             if c is not None:
                 self.routing.add(c, now)
-        blobs = [b for b in snap.get("records", []) or [] if isinstance(b, bytes)]
+        blobs = [b for b in section("records") if isinstance(b, bytes)]
         self.store.load(blobs, now)
-        for blob in snap.get("published", []) or []:
+        for blob in section("published"):
             if not isinstance(blob, bytes):
                 continue
             try:
