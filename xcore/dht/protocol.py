@@ -687,7 +687,12 @@ class DHTNode:
                 lk.op.set_result(LookupResult(closest, [], hops, lk.messages))
             return
         if not lk.records:
-            lk.op.set_error(NotFound())
+            if not lk.responded:
+                # nobody answered: that is not "absent" (a caller must not
+                # overwrite what it could not read, e.g. an owner's index)
+                lk.op.set_error(LookupFailed("no node answered the lookup"))
+            else:
+                lk.op.set_error(NotFound())
             return
         # Write the best record of each signer back to close nodes that
         # answered without it or with an older one (BEP 44 / libp2p).
