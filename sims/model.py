@@ -313,8 +313,9 @@ class ModelResult:
 
     Per step (``times`` are the step ends): ``below_threshold``, ``lost``,
     ``repairs``, ``repair_bytes``, ``hosts_alive``. Per day (``days`` are the
-    day starts): ``repair_bytes_per_day``, ``hosts_online_per_day`` and
-    ``unavailable_per_day`` (both at the end of the day). Per segment:
+    day starts; the last day may be partial): ``repair_bytes_per_day``,
+    ``hosts_online_per_day`` and ``unavailable_per_day`` (both at the end of
+    the day). Per segment:
     ``lost_at``, ``repairs_per_segment``, ``repair_bytes_per_segment``.
     """
 

@@ -87,15 +87,15 @@ def _run_model(doc: dict[str, Any], seed: int, out: Path, base_dir: Path | None,
                        [f"{float(getattr(res, s)[i]):.9g}" for s in MODEL_SERIES])
     segments = int(cfg.segments)
     lost = int(res.lost[-1]) if len(res.lost) else 0
-    stored = float(segments) * cfg.share_size * cfg.n
     years = cfg.years
     summary = {
         "kind": "model", "seed": seed, "hosts": cfg.hosts, "years": years, "k": cfg.k, "n": cfg.n,
         "segments": segments, "segments_lost": lost,
-        "durability": 1.0 - lost / segments if segments else 1.0,
+        "durability": float(res.durability),
         "repairs": int(res.repairs.sum()), "repair_bytes": float(res.repair_bytes.sum()),
-        "repair_bytes_per_stored_byte_year": float(res.repair_bytes.sum()) / stored / years
-        if stored and years else 0.0,
+        # per byte of user data (k shares) and per byte stored (n shares), per year
+        "repair_bytes_per_stored_byte_year": float(res.repair_per_stored_byte_year),
+        "repair_bytes_per_raw_byte_year": float(res.repair_per_raw_byte_year),
         "departures": int(res.departures), "absences": int(res.absences),
         "max_below_threshold": int(res.below_threshold.max()) if len(res.below_threshold) else 0,
     }
