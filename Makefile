@@ -18,6 +18,7 @@ demo: venv
 	$(BIN)/python -m xcore.demo
 
 test: venv
+	$(BIN)/python -m mypy --ignore-missing-imports xcore sims cli.py
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

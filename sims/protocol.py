@@ -178,7 +178,7 @@ class ProtocolSim:
             h = _Host(f"h{i:04d}", ip, self.workdir / f"h{i:04d}",
                       fault=cfg.dishonest_mode if i in bad else "")
             tb = random.Random(f"{self.seed}/id/{i}").randbytes
-            extra = {"audit_interval": cfg.audit_interval, "audit_rate": 4.0}
+            extra: dict[str, Any] = {"audit_interval": cfg.audit_interval, "audit_rate": 4.0}
             if h.fault:
                 extra["fault"] = h.fault
             init_node(h.data, host=ip, port=4000, capacity=cfg.capacity,

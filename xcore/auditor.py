@@ -250,7 +250,7 @@ class Auditor:
 def read_archive(data_dir: Path, period: str) -> list[tuple[SignedContract, Attestation]]:
     """The (contract, attestation) pairs archived for ``period`` (YYYY-MM)."""
     path = Path(data_dir) / "audits" / f"{period}.log"
-    out = []
+    out: list[tuple[SignedContract, Attestation]] = []
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -127,8 +127,8 @@ class RepairPlanner:
     def forget(self, seg_id: bytes) -> None:
         for key in [k for k in self.probes if k[0] == seg_id]:
             del self.probes[key]
-        for key in [k for k in self.unknown_since if k[0] == seg_id]:
-            del self.unknown_since[key]
+        for ukey in [k for k in self.unknown_since if k[0] == seg_id]:
+            del self.unknown_since[ukey]
 
     def _holder_state(self, seg_id: bytes, index: int, holder: bytes, now: float) -> str:
         p = self.probes.get((seg_id, index, holder))

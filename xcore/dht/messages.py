@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 from xcore.codec import as_bytes, as_int, as_list, as_str, expect, pack, unpack_bounded
 from xcore.crypto.identity import ID_BYTES, MAC_BYTES, PUBKEY_BYTES, SIG_BYTES
 from xcore.dht.records import MAX_RECORD_BYTES
+from xcore.errors import RemoteProtocolError
 
 VERSION = 1
 MAX_DATAGRAM = 8 * 1024
@@ -252,7 +253,8 @@ def decode_datagram(data: bytes) -> Message:
     expect(type(doc[0]) is int and doc[0] == VERSION, "payload: unknown version")
     mtype = as_int(doc[1], "type", 0, 255)
     cls = BODY_TYPES.get(mtype)
-    expect(cls is not None, "payload: unknown message type")
+    if cls is None:
+        raise RemoteProtocolError("payload: unknown message type")
     rid = as_bytes(doc[2], "rid", size=RID_BYTES)
     sender = as_bytes(doc[3], "sender", size=PUBKEY_BYTES)
     to = as_bytes(doc[4], "to", max_size=ID_BYTES)

@@ -40,6 +40,7 @@ stale or no copy (as BEP 44 / libp2p).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import heapq
 import random
@@ -156,11 +157,15 @@ class Lookup:
             self.messages += 1
             body: Body = FindValue(self.target) if self.find_value else FindNode(self.target)
             contact = self.contacts[c.id]
+            cid: bytes = c.id
             self.dht._request(contact.address, contact.id, contact.pubkey, body, now,
-                              lambda msg, who, t, cid=c.id: self.on_response(cid, msg, t),
-                              lambda t, cid=c.id: self.on_timeout(cid, t))
+                              functools.partial(self._answered, cid),
+                              functools.partial(self.on_timeout, cid))
         if not self.in_flight:
             self._finish(now)
+
+    def _answered(self, cid: bytes, msg: Message, who: Contact, now: float) -> None:
+        self.on_response(cid, msg, now)
 
     def on_response(self, cid: bytes, msg: Message, now: float) -> None:
         self.in_flight.discard(cid)
@@ -784,11 +789,11 @@ class DHTNode:
         # republish each record we hold once an hour, skipping those somebody
         # else stored here within the hour (paper section 2.5)
         for rec in list(self.store):
-            k = (rec.key, rec.signer_id)
-            got = max(self.store.received.get(k, 0.0), self._republished.get(k, 0.0))
+            rk = (rec.key, rec.signer_id)
+            got = max(self.store.received.get(rk, 0.0), self._republished.get(rk, 0.0))
             if now - got < cfg.republish_interval:
                 continue
-            self._republished[k] = now
+            self._republished[rk] = now
             self._count("republished")
             self._store_at_closest(rec, now, Operation("republish"), 1)
         if len(self._republished) > 2 * len(self.store) + 1024:

@@ -13,6 +13,7 @@ MockClock do).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import random
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ class SimNetwork:
         deadline = host.endpoint.get_timer()
         if deadline is not None and (host.armed is None or deadline < host.armed):
             host.armed = deadline
-            self.schedule(max(deadline, self.now), lambda a=addr, d=deadline: self._wake(a, d))
+            self.schedule(max(deadline, self.now), functools.partial(self._wake, addr, deadline))
 
     def _wake(self, addr: Address, deadline: float) -> None:
         host = self.hosts[addr]
@@ -141,7 +142,7 @@ class SimNetwork:
                 return
             deliveries = [(data, self.latency(src, dst, self.rng))]
         for payload, delay in deliveries:
-            self.schedule(self.now + delay, lambda p=payload: self._deliver(p, src, dst))
+            self.schedule(self.now + delay, functools.partial(self._deliver, payload, src, dst))
 
     def _deliver(self, data: bytes, src: Address, dst: Address) -> None:
         host = self.hosts.get(dst)

@@ -34,7 +34,7 @@ class StreamNet(Protocol):
 class _TcpListener:
     def __init__(self, server: asyncio.AbstractServer) -> None:
         self.server = server
-        sock = server.sockets[0].getsockname()
+        sock = server.sockets[0].getsockname()  # type: ignore[attr-defined]
         self.address = (sock[0], sock[1])
 
     def close(self) -> None:

@@ -135,7 +135,7 @@ class HostService:
         return dropped
 
     def stats(self) -> dict[str, Any]:
-        st = self.store.stats()
+        st: dict[str, Any] = dict(self.store.stats())
         st.update({"address": f"{self.address[0]}:{self.address[1]}" if self.address else None,
                    "connections": self.connections, "counters": dict(sorted(self.counters.items()))})
         return st

@@ -383,7 +383,7 @@ class HostConnection:
             f = await self.fs.expect(OK)
             info = f[0] if f else None
             expect(isinstance(info, dict), "STAT: expected a map")
-            return info  # type: ignore[no-any-return]
+            return dict(info)  # type: ignore[arg-type]
         return await self._guard(run())  # type: ignore[no-any-return]
 
     async def has_share(self, share_hash: bytes) -> bool:
