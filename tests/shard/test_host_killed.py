@@ -74,3 +74,50 @@ def test_host_killed_mid_transfer(tmp_path: Path, direction: str) -> None:
         leftovers = [p for p in (tmp_path / "host" / "shares").rglob("*")
                      if p.is_file() and p.name != "store-stats"]
         assert leftovers == []
+
+
+class _FullDisk:
+    """A share file on a disk that is full: every write fails with ENOSPC."""
+
+    def write(self, data: bytes, /) -> int:
+        import errno
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_disk_full_on_a_host_is_a_clear_refusal(tmp_path: Path) -> None:
+    from xcore.errors import DiskFull
+    loop, net, host, host_id, client_id = setup(tmp_path)
+    data = random.Random(6).randbytes(300_000)
+    h = hashlib.sha256(data).digest()
+
+    async def main() -> BaseException | None:
+        addr = await host.start(HOST_IP, 7000)
+        host.store._opener = lambda path: _FullDisk()  # the disk fills up under the host
+        conn = await HostConnection.connect(addr, client_id, host_id.node_id,
+                                            random.Random(4).randbytes, timeout=5.0,
+                                            streams=net.for_host(CLIENT_IP))
+        grant = Grant.create(client_id, h, host_id.node_id, int(loop.time()) + 3600)
+        try:
+            await conn.put_share(h, data, grant)
+        except DiskFull as exc:
+            assert not conn.broken  # a refusal, the connection stays usable
+            return exc
+        return None
+
+    asyncio.set_event_loop(loop)
+    try:
+        err = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+    assert isinstance(err, DiskFull) and "disk full" in str(err)
+    assert not host.store.has(h)
+    assert host.counters.get("puts_disk_full") == 1
+    assert [p for p in (tmp_path / "host" / "shares").rglob("*")
+            if p.is_file() and p.name != "store-stats"] == []
