@@ -36,7 +36,8 @@ from xcore.contracts.contract import SignedContract, contract_key, parse_contrac
 from xcore.contracts.hosts import HOST_SHARDS, HostInfo, host_shard_key
 from xcore.contracts.reputation import Reputation
 from xcore.crypto.identity import puzzle_ok
-from xcore.errors import NotFound, RecordRejected, RemoteProtocolError, XcoreError
+from xcore.errors import LookupFailed, RecordRejected, RemoteProtocolError, XcoreError
+from xcore.net.streams import TCP
 from xcore.net.aio import wait_op
 from xcore.shard.transfer import HostConnection
 
@@ -88,7 +89,7 @@ class Auditor:
         op = self.svc.driver.call(lambda t: self.svc.dht.get(key, t))
         try:
             return list((await wait_op(op, 60)).records)
-        except NotFound:
+        except LookupFailed:  # absent, or nobody answered: nothing to go on this round
             return []
 
     async def hosts(self) -> dict[bytes, HostInfo]:
@@ -118,11 +119,18 @@ class Auditor:
         challenge = Challenge.fresh(sc, self.svc.identity, now, self.svc.env.token_bytes)
         answer: Answer | None = None
         host = (await self.hosts()).get(c.host_id)
+        if host is None:
+            self._hosts_at = 0.0  # maybe just announced: look again before blaming anyone
+            host = (await self.hosts()).get(c.host_id)
+        if host is None:
+            # we cannot reach a host we cannot find: that is no evidence against it
+            self._count("audits_skipped_unknown_host")
+            raise LookupFailed("host not announced")
         if host is not None:
             try:
                 conn = await HostConnection.connect(host.addr, self.svc.identity, c.host_id,
                                                     self.svc.env.token_bytes, timeout=10.0,
-                                                    streams=self.svc.streams)
+                                                    streams=self.svc.streams or TCP)
                 try:
                     answer = Answer.decode(await conn.audit(challenge.encode()))
                 finally:
@@ -202,18 +210,22 @@ class Auditor:
             due = plan.plan(contracts, self.svc.clock(), self.rng,
                             skip_host=self.svc.identity.node_id)
             chosen = [by_digest[p.contract.digest()] for p in due if p.contract.digest() in by_digest]
-        before = len(self.results)
         sem = asyncio.Semaphore(8)
+        done: list[dict[str, Any]] = []
 
         async def one(sc: SignedContract) -> None:
             async with sem:
-                await self.audit(sc)
+                try:
+                    await self.audit(sc)
+                except LookupFailed:
+                    return
+                done.append(self.results[-1])
         await asyncio.gather(*(one(sc) for sc in chosen))
         try:
             await self.read_attestations()
         except XcoreError:
             pass
-        return self.results[before:]
+        return done
 
     async def run(self) -> None:
         while True:
@@ -229,7 +241,9 @@ class Auditor:
     # -- archive (for payouts) -----------------------------------------------------
 
     def _archive(self, att: Attestation, sc: SignedContract) -> None:
-        month = _time.strftime("%Y-%m", _time.gmtime(att.time))
+        # filed by the challenge's time, as payouts count it (an audit across
+        # midnight at a month's end belongs to the month it was issued in)
+        month = _time.strftime("%Y-%m", _time.gmtime(att.challenge.issued))
         path = Path(self.svc.data_dir) / "audits" / f"{month}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = pack([sc.encode(), att.encode()])
@@ -280,6 +294,6 @@ def payout_table(data_dir: Path, period: str, inxt: dict[str, int]) -> dict[str,
     held = {bytes.fromhex(k): int(v) for k, v in inxt.items()}
     rows = payouts(period, contracts.values(), [a for _, a in pairs], held)
     return {"period": period, "attestations": len(pairs), "hosts": [
-        {"host": r.host_id.hex(), "gb_months": str(r.gb_months), "audits_passed": r.audits_passed,
+        {"host": r.host_id.hex(), "gb_months": f"{r.gb_months:f}", "audits_passed": r.audits_passed,
          "audits_failed": r.audits_failed, "euros": str(r.euros), "bonus_percent": r.bonus_percent,
          "bonus_euros": str(r.bonus_euros), "total": str(r.total)} for r in rows]}

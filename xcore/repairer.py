@@ -21,7 +21,7 @@ from xcore.contracts.repair import RepairPlanner, TokenBucket, claim_key, make_c
 from xcore.contracts.segments import SegmentInfo
 from xcore.contracts.selection import select_hosts
 from xcore.crypto.identity import puzzle_ok
-from xcore.errors import NotEnoughShares, NotFound, XcoreError
+from xcore.errors import LookupFailed, NotEnoughShares, XcoreError
 from xcore.net.aio import wait_op
 from xcore.net.streams import run_blocking
 from xcore.shard.erasure import Redundancy, regenerate
@@ -78,7 +78,7 @@ class Repairer:
         op = self.svc.driver.call(lambda t: self.svc.dht.get(key, t))
         try:
             return list((await wait_op(op, 60)).records)
-        except NotFound:
+        except LookupFailed:  # absent, or nobody answered: nothing to go on this round
             return []
 
     async def _holders(self, share_hash: bytes, fresh: bool = False) -> list[tuple[bytes, str]]:

@@ -977,10 +977,8 @@ def test_long_partition_then_heal_reconnects(make_dht_network: Build) -> None:
             r = text(nodes[a].identity, f"p{i}-{a[0]}", b"x", net.now)
             run_op(net, a, lambda now, n=nodes[a], r=r: n.put(r, now))
     net.run_for(2 * 3600)
-    # a table never shrinks below k by timeouts alone: the other side is kept
-    # (an empty table could not recover; a stalled or cut-off node is more
-    # likely than everyone else dying)
-    assert all(len(n.routing) == 7 for n in nodes.values())
+    # each side still hears from its own side, so it forgets the other
+    assert all(len(n.routing) == 3 for n in nodes.values())
     net.heal()
     net.run_for(6 * 3600)
     w = nodes[left[0]]
@@ -988,3 +986,17 @@ def test_long_partition_then_heal_reconnects(make_dht_network: Build) -> None:
     run_op(net, left[0], lambda now: w.put(rec, now)).result()
     res = run_op(net, right[3], lambda now: nodes[right[3]].get(rec.key, now))
     assert res.result().records == [rec]
+
+
+def test_a_node_nobody_answers_keeps_its_table(make_dht_network: Build) -> None:
+    """Cut off (or stalled), a node must not empty its routing table: it could
+    never recover. Once answers flow again it evicts the dead as usual."""
+    net, nodes = make_dht_network(8, seed=19)
+    addrs = list(nodes)
+    lonely = addrs[0]
+    net.partition([[lonely], addrs[1:]])
+    for _ in range(5):
+        run_op(net, lonely, lambda now: nodes[lonely].find_node(bytes(20), now))
+    assert len(nodes[lonely].routing) == 7
+    net.heal()
+    run_op(net, lonely, lambda now: nodes[lonely].find_node(bytes(20), now)).result()

@@ -99,12 +99,18 @@ class Client:
     def now(self) -> float:
         return float(self.svc.clock())
 
-    async def dht_get(self, key: bytes) -> list[Record]:
+    async def dht_get(self, key: bytes, strict: bool = False) -> list[Record]:
+        """Records under ``key``; [] when there are none. ``strict``: a lookup
+        nobody answered raises instead of looking like "nothing there"."""
         from xcore.net.aio import wait_op
         op = self.svc.driver.call(lambda t: self.svc.dht.get(key, t))
         try:
             return list((await wait_op(op, 60)).records)
         except NotFound:
+            return []
+        except LookupFailed:
+            if strict:
+                raise
             return []
 
     async def dht_publish(self, rec: Record) -> int:
@@ -260,7 +266,7 @@ class Client:
     # -- index -------------------------------------------------------------------
 
     async def read_index(self) -> tuple[Index, int, IndexPointer | None]:
-        recs = await self.dht_get(index_key(self.keys))
+        recs = await self.dht_get(index_key(self.keys), strict=True)
         best = best_index_record(recs, self.keys)
         if best is None:
             return Index(()), 0, None
@@ -301,7 +307,7 @@ class Client:
             raise NotFound(f"cannot read {path}: {exc.strerror}") from exc
         started = self.now()
         hosts = await self.hosts(refresh=True)
-        usable = [h for h in hosts if h.free > 0]
+        usable = [h for h in hosts if h.free > 0 and self.reputation(h.node_id) > 0]
         if len(usable) < red.n:
             raise NotEnoughHosts(f"{len(usable)} hosts with free space are known; "
                                  f"redundancy {red} needs {red.n}")

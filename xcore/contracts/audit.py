@@ -208,20 +208,25 @@ class Answer:
     host_sig: bytes
 
     @staticmethod
-    def signing_bytes(challenge_digest: bytes, blocks: Sequence[bytes], host_pubkey: bytes) -> bytes:
-        return ANSWER_TAG + canonical([challenge_digest, [leaf_hash(b) for b in blocks], host_pubkey])
+    def signing_bytes(challenge_digest: bytes, blocks: Sequence[bytes], host_pubkey: bytes,
+                      proofs: Sequence[Sequence[bytes]] = ()) -> bytes:
+        """The host signs the blocks *and* their proofs: a proof that does not
+        lead to the root then convicts the host, and nobody else can bend one."""
+        return ANSWER_TAG + canonical([challenge_digest, [leaf_hash(b) for b in blocks], host_pubkey,
+                                       [list(p) for p in proofs]])
 
     @classmethod
     def create(cls, host: Identity, challenge_digest: bytes, blocks: Sequence[bytes],
                proofs: Sequence[Sequence[bytes]]) -> "Answer":
         """Sign ``blocks`` and ``proofs`` as the answer to ``challenge_digest``."""
         blocks_t = tuple(bytes(b) for b in blocks)
-        sig = host.sign(cls.signing_bytes(challenge_digest, blocks_t, host.pubkey))
-        return cls(challenge_digest, blocks_t, tuple(tuple(p) for p in proofs), host.pubkey, sig)
+        proofs_t = tuple(tuple(bytes(h) for h in p) for p in proofs)
+        sig = host.sign(cls.signing_bytes(challenge_digest, blocks_t, host.pubkey, proofs_t))
+        return cls(challenge_digest, blocks_t, proofs_t, host.pubkey, sig)
 
     def verify_signature(self) -> None:
         verify(self.host_pubkey,
-               self.signing_bytes(self.challenge_digest, self.blocks, self.host_pubkey),
+               self.signing_bytes(self.challenge_digest, self.blocks, self.host_pubkey, self.proofs),
                self.host_sig)
 
     def to_list(self) -> list[Any]:

@@ -254,6 +254,7 @@ class DHTNode:
         self._pinging: set[bytes] = set()
         self._republished: dict[tuple[bytes, bytes], float] = {}
         self._seeds: list[tuple[Address, bytes | None]] = []
+        self._last_answer = now
         self._verifying: set[bytes] = set()
         self._last_republish = now
         self._now = now
@@ -336,6 +337,7 @@ class DHTNode:
                 self._count("dropped_unexpected_response")
                 return
             del self._pending[msg.rid]
+            self._last_answer = now
             held = self.routing.get(sender_id)
             if held is not None:
                 held.rtt = now - pending.sent_at
@@ -490,7 +492,11 @@ class DHTNode:
             if p is None:
                 return
             self._count("timeouts")
-            if node_id is not None:
+            # Evict a silent contact only while others answer us: when nobody
+            # has answered for a while, we are more likely the one cut off
+            # (or our event loop stalled) than the whole table dead, and an
+            # empty table could not recover.
+            if node_id is not None and t - self._last_answer < 4 * self.config.request_timeout:
                 self.routing.failed(node_id, self.config.max_failures)
             p.on_fail(t)
         self._schedule(deadline, expire)

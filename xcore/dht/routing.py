@@ -246,10 +246,7 @@ class RoutingTable:
         if c is None:
             return False
         c.failures += 1
-        # Keep at least k contacts: when everything times out it is more
-        # likely we are the one cut off (or our loop was stalled) than that
-        # the whole table died, and an empty table cannot recover.
-        if c.failures >= max_failures and len(self.contacts) > self.ksize:
+        if c.failures >= max_failures:
             self.evict(node_id)
             return True
         return False
