@@ -33,9 +33,8 @@ from xcore.contracts.audit import (
     make_attest_record, parse_attest_record,
 )
 from xcore.contracts.contract import SignedContract, contract_key, parse_contract_record
-from xcore.contracts.hosts import HOST_SHARDS, HostInfo, host_shard_key
+from xcore.contracts.hosts import HostInfo, read_hosts
 from xcore.contracts.reputation import Reputation
-from xcore.crypto.identity import puzzle_ok
 from xcore.errors import LookupFailed, RecordRejected, RemoteProtocolError, XcoreError
 from xcore.net.streams import TCP
 from xcore.net.aio import wait_op
@@ -96,18 +95,7 @@ class Auditor:
         now = self.svc.clock()
         if self._hosts and now - self._hosts_at < max(60.0, self.interval):
             return self._hosts
-        shards = await asyncio.gather(*(self._dht_get(host_shard_key(i)) for i in range(HOST_SHARDS)))
-        best: dict[bytes, HostInfo] = {}
-        for recs in shards:
-            for rec in recs:
-                try:
-                    h = HostInfo.from_record(rec)
-                except XcoreError:
-                    continue
-                if not puzzle_ok(h.node_id, self.svc.dht.config.difficulty):
-                    continue
-                if h.node_id not in best or h.seen > best[h.node_id].seen:
-                    best[h.node_id] = h
+        best = await read_hosts(self._dht_get, self.svc.dht.config.difficulty)
         self._hosts, self._hosts_at = best, now
         return best
 

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xcore.bootstrap import parse_address
-from xcore.contracts.hosts import HostInfo, loc_address, loc_key
+from xcore.contracts.hosts import HostInfo, loc_address, loc_key, read_hosts
 from xcore.contracts.repair import RepairPlanner, TokenBucket, claim_key, make_claim, winning_claim
 from xcore.contracts.segments import SegmentInfo
 from xcore.contracts.selection import select_hosts
-from xcore.crypto.identity import puzzle_ok
 from xcore.errors import LookupFailed, NotEnoughShares, XcoreError
 from xcore.net.aio import wait_op
 from xcore.net.streams import run_blocking
@@ -297,20 +296,7 @@ class Repairer:
         return ev
 
     async def _candidates(self) -> list[HostInfo]:
-        from xcore.contracts.hosts import HOST_SHARDS, host_shard_key
-        shards = await asyncio.gather(*(self._dht_get(host_shard_key(i)) for i in range(HOST_SHARDS)))
-        best: dict[bytes, HostInfo] = {}
-        for recs in shards:
-            for rec in recs:
-                try:
-                    h = HostInfo.from_record(rec)
-                except XcoreError:
-                    continue
-                if not puzzle_ok(h.node_id, self.svc.dht.config.difficulty):
-                    continue
-                if h.node_id not in best or h.seen > best[h.node_id].seen:
-                    best[h.node_id] = h
-        return list(best.values())
+        return list((await read_hosts(self._dht_get, self.svc.dht.config.difficulty)).values())
 
     def report(self) -> dict[str, Any]:
         return {"segments": sorted(self.status.values(), key=lambda s: s["segment"]),

@@ -665,7 +665,8 @@ def offline_auditor(tmp_path: Path) -> tuple[Any, SignedContract]:
     svc = types.SimpleNamespace(
         identity=me, data_dir=tmp_path, clock=time.time, driver=Offline(), streams=None,
         env=types.SimpleNamespace(rng=rng, token_bytes=rng.randbytes),
-        dht=types.SimpleNamespace(store=[make_contract_record(owner, sc, now)]))
+        dht=types.SimpleNamespace(store=[make_contract_record(owner, sc, now)],
+                                  config=types.SimpleNamespace(difficulty=2)))
     return Auditor(svc), sc
 
 

@@ -35,11 +35,10 @@ from xcore.client.index import (
 )
 from xcore.client.keys import OwnerKeys
 from xcore.client.manifest import Manifest, SegmentRef, ShareRef, open_manifest, seal_manifest
-from xcore.contracts.hosts import HOST_SHARDS, HostInfo, host_shard_key, loc_address, loc_key
+from xcore.contracts.hosts import HostInfo, loc_address, loc_key, read_hosts
 from xcore.contracts.contract import Contract, SignedContract, share_merkle_root
 from xcore.contracts.segments import make_segment_record
 from xcore.contracts.selection import select_hosts
-from xcore.crypto.identity import puzzle_ok
 from xcore.crypto.stream import CtrStream
 from xcore.dht.records import Record
 from xcore.errors import (
@@ -122,21 +121,7 @@ class Client:
         """Every host announced in the DHT (newest announcement per host)."""
         if self._hosts is not None and not refresh:
             return self._hosts
-        shards = await asyncio.gather(*(self.dht_get(host_shard_key(i)) for i in range(HOST_SHARDS)))
-        best: dict[bytes, HostInfo] = {}
-        for recs in shards:
-            for rec in recs:
-                if rec.kind != "host":
-                    continue
-                try:
-                    h = HostInfo.from_record(rec)
-                except XcoreError:
-                    continue
-                if not puzzle_ok(h.node_id, self.svc.dht.config.difficulty):
-                    continue  # a host ID must cost what a node ID costs (Sybil)
-                cur = best.get(h.node_id)
-                if cur is None or h.seen > cur.seen:
-                    best[h.node_id] = h
+        best = await read_hosts(self.dht_get, self.svc.dht.config.difficulty)
         self._hosts = sorted(best.values(), key=lambda h: h.node_id)
         return self._hosts
 
@@ -170,7 +155,8 @@ class Client:
         self._conns.clear()
 
     async def _upload(self, host: HostInfo, share_hash: bytes, data: bytes,
-                      seg_blob: bytes | None = None, red: Redundancy | None = None) -> None:
+                      seg_blob: bytes | None = None, red: Redundancy | None = None,
+                      root: bytes | None = None) -> None:
         conn = await self.connect(host.node_id, host.addr)
         now = int(self.now())
         grant = Grant.create(self.keys.signing, share_hash, host.node_id, now + GRANT_TERM)
@@ -178,7 +164,8 @@ class Client:
         if red is not None:  # a storage contract, signed by us first (xcore.contracts.contract)
             c = Contract.for_share(data, k=red.k, n=red.n, start=now, end=now + GRANT_TERM,
                                    price=REPAIR_PRICE_CAP, host_pubkey=host.pubkey,
-                                   owner_pubkey=self.keys.pubkey)
+                                   owner_pubkey=self.keys.pubkey, share_hash=share_hash,
+                                   merkle_root=root)
             half = SignedContract(c).sign_as_owner(self.keys.signing).encode()
         signed = await conn.put_share(share_hash, data, grant, seg_blob, half)
         if half is not None:
@@ -196,7 +183,8 @@ class Client:
 
     async def place(self, share_hash: bytes, data: bytes, candidates: list[HostInfo],
                     avoid: set[bytes], attempts: int = 8, seg_blob: bytes | None = None,
-                    red: Redundancy | None = None, last: Exception | None = None) -> HostInfo:
+                    red: Redundancy | None = None, last: Exception | None = None,
+                    root: bytes | None = None) -> HostInfo:
         """Upload one share to the first candidate that takes it."""
         for _ in range(attempts):
             pick = select_hosts(candidates, 1, rng=self.rng, now=self.now(), need_bytes=len(data),
@@ -206,7 +194,7 @@ class Client:
             host = pick[0]
             avoid.add(host.node_id)
             try:
-                await self._upload(host, share_hash, data, seg_blob, red)
+                await self._upload(host, share_hash, data, seg_blob, red, root)
                 self.stats.ok(host.node_id)
                 return host
             except (XcoreError, OSError, asyncio.TimeoutError) as exc:
@@ -343,7 +331,7 @@ class Client:
                     if first is not None:
                         avoid.add(first.node_id)
                         try:
-                            await self._upload(first, h, data, seg_blob, red)
+                            await self._upload(first, h, data, seg_blob, red, root)
                             self.stats.ok(first.node_id)
                             host = first
                         except (XcoreError, OSError, asyncio.TimeoutError) as exc:
@@ -351,7 +339,7 @@ class Client:
                             first_error = exc
                     if host is None:
                         host = await self.place(h, data, usable, avoid, seg_blob=seg_blob, red=red,
-                                                last=first_error)
+                                                last=first_error, root=root)
                     refs[i] = ShareRef(i, h, len(data), root, host.node_id,
                                        f"{host.addr[0]}:{host.addr[1]}")
                 await asyncio.gather(*(one(i, s, chosen[i] if i < len(chosen) else None)

@@ -103,9 +103,12 @@ class Contract:
 
     @classmethod
     def for_share(cls, data: bytes, *, k: int, n: int, start: int, end: int, price: int,
-                  host_pubkey: bytes, owner_pubkey: bytes) -> "Contract":
-        """The contract for ``data`` (the owner's side: hashes and roots computed here)."""
-        c = cls(hashlib.sha256(data).digest(), len(data), share_merkle_root(data), AUDIT_BLOCK,
+                  host_pubkey: bytes, owner_pubkey: bytes, share_hash: bytes | None = None,
+                  merkle_root: bytes | None = None) -> "Contract":
+        """The contract for ``data`` (the owner's side). ``share_hash`` and
+        ``merkle_root`` may be passed when already computed for these bytes."""
+        c = cls(share_hash or hashlib.sha256(data).digest(), len(data),
+                merkle_root or share_merkle_root(data), AUDIT_BLOCK,
                 k, n, start, end, price, node_id_of(host_pubkey), host_pubkey, owner_pubkey)
         problem = _field_problem(c)
         if problem is not None:

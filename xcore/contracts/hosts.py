@@ -20,7 +20,7 @@ list is out of date.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from xcore.bootstrap import parse_address
 from xcore.codec import as_int, as_str, expect, pack, unpack_bounded
@@ -115,3 +115,30 @@ def loc_address(rec: Record) -> tuple[str, int]:
     doc = unpack_bounded(rec.value, 128, 4)
     expect(isinstance(doc, dict) and doc.get("v") == 1, "loc record: bad version")
     return _decode_addr(doc.get("addr"))
+
+
+async def read_hosts(dht_get: Callable[[bytes], Awaitable[list[Record]]],
+                     difficulty: int) -> dict[bytes, HostInfo]:
+    """Every host announced in the DHT, newest announcement per host.
+
+    Hosts whose ID does not meet the network's ID puzzle are ignored: a host
+    ID must cost what a node ID costs (Sybil resistance).
+    """
+    import asyncio
+    from xcore.crypto.identity import puzzle_ok
+    shards = await asyncio.gather(*(dht_get(host_shard_key(i)) for i in range(HOST_SHARDS)))
+    best: dict[bytes, HostInfo] = {}
+    for recs in shards:
+        for rec in recs:
+            if rec.kind != "host":
+                continue
+            try:
+                h = HostInfo.from_record(rec)
+            except RemoteProtocolError:
+                continue
+            if not puzzle_ok(h.node_id, difficulty):
+                continue
+            cur = best.get(h.node_id)
+            if cur is None or h.seen > cur.seen:
+                best[h.node_id] = h
+    return best
