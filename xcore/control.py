@@ -56,6 +56,8 @@ class ControlServer:
         self.path = socket_path(data_dir)
         self.handlers = handlers
         self.server: asyncio.AbstractServer | None = None
+        self.dropped_callers = 0  # callers that hung up before their answer
+        self._callers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self.path.exists():
@@ -70,12 +72,21 @@ class ControlServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        # Server.wait_closed() does not wait for open connections (3.11):
+        # end the callers' handlers here, before the loop goes away.
+        for task in list(self._callers):
+            task.cancel()
+        await asyncio.gather(*self._callers, return_exceptions=True)
         try:
             self.path.unlink()
         except OSError:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._callers.add(task)
+            task.add_done_callback(self._callers.discard)
         try:
             while True:
                 try:
@@ -88,7 +99,16 @@ class ControlServer:
                 def progress(obj: Any) -> None:
                     write_frame(writer, {"progress": obj})
                 write_frame(writer, await self._dispatch(req, progress))
-                await writer.drain()
+                try:
+                    await writer.drain()
+                except ConnectionError:  # the caller went away (timed out, killed)
+                    self.dropped_callers += 1
+                    log.debug("control caller left before its answer")
+                    return
+        except asyncio.CancelledError:
+            # close() ends us; finishing normally (not "cancelled") keeps
+            # asyncio's stream callback from logging the cancellation as an error
+            return
         finally:
             writer.close()
 

@@ -1000,3 +1000,22 @@ def test_a_node_nobody_answers_keeps_its_table(make_dht_network: Build) -> None:
     assert len(nodes[lonely].routing) == 7
     net.heal()
     run_op(net, lonely, lambda now: nodes[lonely].find_node(bytes(20), now)).result()
+
+
+def test_a_node_whose_table_emptied_starts_lookups_from_the_evicted(
+        make_dht_network: Build) -> None:
+    """Every contact evicted (they timed out while the loops were stalled: seen
+    on a loaded CI machine) is not "no peers": the next lookup starts from the
+    evicted contacts, finds the record and refills the table."""
+    net, nodes = make_dht_network(8, seed=23)
+    addrs = list(nodes)
+    w, lonely = nodes[addrs[1]], nodes[addrs[0]]
+    rec = text(w.identity, "after-a-stall", b"still reachable", net.now)
+    run_op(net, addrs[1], lambda now: w.put(rec, now)).result()
+    for c in lonely.routing.all():
+        lonely.routing.evict(c.id)
+    assert len(lonely.routing) == 0
+    res = run_op(net, addrs[0], lambda now: lonely.get(rec.key, now)).result()
+    assert res.records == [rec]
+    assert lonely.counters["lookups_from_evicted"] == 1
+    assert len(lonely.routing) == 7

@@ -26,7 +26,8 @@ as regression tests.
 
 ``xcore devnet down`` runs in teardown whatever happened; then no process
 started from the devnet's directory may remain and no node log may hold a
-traceback from before the shutdown (the shutdown's own are an xfail below).
+traceback from before the shutdown (a shutdown with a peer connected is
+checked by test_a_node_stopped_with_a_peer_connected_leaves_no_pending_tasks).
 """
 
 from __future__ import annotations
@@ -821,17 +822,8 @@ def test_a_client_hanging_up_mid_transfer_is_not_an_internal_error(lone: Lone) -
     assert "error serving a transfer connection" not in log, log[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: xcore/shard/host.py HostService.close() (line 86) closes live connections' "
-    "writers but does not wait for their _serve tasks, and NodeService.stop() "
-    "(xcore/node.py:280) returns right after, so a node stopped while a peer is connected "
-    "(an auditor, a client: always, on a busy network) ends its loop with those tasks "
-    "pending and logs 'Task was destroyed but it is pending!' and 'Task exception was "
-    "never retrieved' (IncompleteReadError) for each. Fix: keep the handler tasks (not just "
-    "the writers) and `await asyncio.gather(*tasks, return_exceptions=True)` after closing "
-    "them. (The same message for Repairer.run/Auditor.run, from stop() not awaiting its own "
-    "tasks, was fixed in 9fc2da1.)"))
 def test_a_node_stopped_with_a_peer_connected_leaves_no_pending_tasks(lone: Lone) -> None:
+    """(Was a strict xfail: HostService.close() now waits for its handlers.)"""
     import secrets
     from xcore.bootstrap import parse_address
     from xcore.shard.transfer import HostConnection

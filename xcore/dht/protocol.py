@@ -671,6 +671,13 @@ class DHTNode:
         # More seeds than k: NodeHeap shows only the k closest, the rest come
         # into view as dead ones time out (else k dead contacts end a lookup).
         seeds = self.routing.closest(target, 3 * self.config.ksize)
+        if not seeds and self.routing.evicted:
+            # An empty table (every contact timed out while our loop, or
+            # theirs, was stalled) is not "no peers": start from the contacts
+            # we evicted last; those that answer come back into the table.
+            self._count("lookups_from_evicted")
+            t = int.from_bytes(target, "big")
+            seeds = sorted(self.routing.evicted, key=lambda c: c.long_id ^ t)[:3 * self.config.ksize]
         if not seeds:
             if find_value and lk.records:
                 op.set_result(LookupResult([], self._sorted(lk.records), 0, 0))

@@ -62,6 +62,7 @@ class HostService:
         self.on_deleted: Callable[[bytes], None] | None = None
         self.segment_of: dict[bytes, bytes] = {}
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self.on_contract: Callable[[SignedContract], None] | None = None
         # Fault injection for tests and simulations of dishonest hosts
         # (config key "fault"): "delete" drops shares after accepting them,
@@ -91,6 +92,14 @@ class HostService:
         self._writers.clear()
         if self.server is not None:
             await self.server.wait_closed()
+        # The handlers see their connection closed and end; wait for them so
+        # that none is left pending when the node's loop stops. One stuck in
+        # a disk write gets a few seconds, then is cancelled.
+        if self._handlers:
+            _, stuck = await asyncio.wait(set(self._handlers), timeout=5.0)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
 
     # -- owners -------------------------------------------------------------
 
@@ -143,6 +152,10 @@ class HostService:
     # -- serving ------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         fs = FrameStream(reader, writer, self.timeout)
         if self.connections >= self.max_connections:
             self._count("refused_busy")
@@ -185,6 +198,11 @@ class HostService:
                         pass
                     return
         except (XcoreError, ConnectionError, asyncio.TimeoutError):
+            return
+        except asyncio.CancelledError:
+            # close() gave up waiting: end normally, so asyncio's stream
+            # callback does not log the cancellation as an error
+            self._count("handlers_cancelled")
             return
         except Exception:
             self._count("internal_errors")
