@@ -51,6 +51,7 @@ from xcore.shard.transfer import Grant, HostConnection
 GRANT_TERM = 365 * 24 * 3600
 REPAIR_PRICE_CAP = 20_000  # micro-euros per GB-month a repair may agree (the appendix's 0.02 EUR)
 INDEX_TTL = 30 * 24 * 3600
+UNDO_TIMEOUT = 30.0  # seconds a failed put spends deleting what it placed
 BLOB_COPIES = 5  # n - k + 1 at the default 4/8: metadata survives what data survives
 MAX_BLOB = 2 * 1024 * 1024
 Progress = Callable[[dict[str, Any]], None]
@@ -92,6 +93,7 @@ class Client:
         self._hosts: list[HostInfo] | None = None
         self.contracts: dict[bytes, bytes] = {}
         self.contracts_missing = 0
+        self.undone_shares = 0  # shares deleted again after a failed put
 
     # -- plumbing --------------------------------------------------------------
 
@@ -184,8 +186,10 @@ class Client:
     async def place(self, share_hash: bytes, data: bytes, candidates: list[HostInfo],
                     avoid: set[bytes], attempts: int = 8, seg_blob: bytes | None = None,
                     red: Redundancy | None = None, last: Exception | None = None,
-                    root: bytes | None = None) -> HostInfo:
-        """Upload one share to the first candidate that takes it."""
+                    root: bytes | None = None,
+                    tried: list[tuple[bytes, HostInfo]] | None = None) -> HostInfo:
+        """Upload one share to the first candidate that takes it (each host
+        tried is added to ``tried``: a cancelled upload may still have landed)."""
         for _ in range(attempts):
             pick = select_hosts(candidates, 1, rng=self.rng, now=self.now(), need_bytes=len(data),
                                 exclude=avoid, rtt=self.rtt, reputation=self.reputation)
@@ -193,6 +197,8 @@ class Client:
                 break
             host = pick[0]
             avoid.add(host.node_id)
+            if tried is not None:
+                tried.append((share_hash, host))
             try:
                 await self._upload(host, share_hash, data, seg_blob, red, root)
                 self.stats.ok(host.node_id)
@@ -288,7 +294,35 @@ class Client:
 
     async def put(self, path: Path, red: Redundancy, name: str | None = None,
                   progress: Progress | None = None) -> dict[str, Any]:
-        path = Path(path)
+        """Encrypt, encode and place ``path``; add it to the owner's index.
+
+        A put that fails deletes the shares it placed (else they would hold
+        the hosts' space for the grant's whole term with no index entry
+        pointing at them); what cannot be reached expires with its grant.
+        """
+        tried: list[tuple[bytes, HostInfo]] = []  # (share, host) pairs sent
+        try:
+            return await self._put(Path(path), red, name, progress, tried)
+        except Exception:
+            await self._undo_placements(tried)
+            raise
+
+    async def _undo_placements(self, tried: list[tuple[bytes, HostInfo]]) -> int:
+        by_share: dict[bytes, dict[bytes, str]] = {}
+        for h, host in tried:
+            by_share.setdefault(h, {})[host.node_id] = f"{host.addr[0]}:{host.addr[1]}"
+        try:
+            counts = await asyncio.wait_for(asyncio.gather(*(
+                self._delete_everywhere(h, hosts.items()) for h, hosts in by_share.items())),
+                UNDO_TIMEOUT)
+        except asyncio.TimeoutError:
+            return 0
+        self.undone_shares += sum(counts)
+        return sum(counts)
+
+    async def _put(self, path: Path, red: Redundancy, name: str | None,
+                   progress: Progress | None, tried: list[tuple[bytes, HostInfo]]
+                   ) -> dict[str, Any]:
         try:
             size = path.stat().st_size
         except OSError as exc:
@@ -330,6 +364,7 @@ class Client:
                     first_error: Exception | None = None
                     if first is not None:
                         avoid.add(first.node_id)
+                        tried.append((h, first))
                         try:
                             await self._upload(first, h, data, seg_blob, red, root)
                             self.stats.ok(first.node_id)
@@ -339,7 +374,7 @@ class Client:
                             first_error = exc
                     if host is None:
                         host = await self.place(h, data, usable, avoid, seg_blob=seg_blob, red=red,
-                                                last=first_error, root=root)
+                                                last=first_error, root=root, tried=tried)
                     refs[i] = ShareRef(i, h, len(data), root, host.node_id,
                                        f"{host.addr[0]}:{host.addr[1]}")
                 await asyncio.gather(*(one(i, s, chosen[i] if i < len(chosen) else None)
