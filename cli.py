@@ -373,8 +373,12 @@ def repair_cmd(data: Path, now: bool, as_json: bool) -> None:
     def human(r: dict[str, Any]) -> str:
         lines = [f"{len(r['segments'])} segment(s) watched; grace {r['grace']} s"]
         for s in r["segments"]:
-            lines.append(f"  {s['segment'][:16]}  {s['healthy']}/{s['n']} healthy "
+            held_up = f", {len(s['grace'])} only by the grace period" if s.get("grace") else ""
+            lines.append(f"  {s['segment'][:16]}  {s['healthy']}/{s['n']} healthy{held_up} "
                          f"(threshold {s['threshold']})  {s['action']}  leader {str(s['leader'])[:12]}")
+        for seg, a in r.get("active", {}).items():
+            lines.append(f"  repairing {seg[:16]}: {a['phase']}, {len(a['placed'])} placed, "
+                         f"claim until {a['claim_expires']:.0f}")
         for e in r["events"]:
             lines.append(f"  repair {e['segment'][:16]}: shares {e['missing']} -> "
                          f"{len(e['placed'])} placed, {e['bytes_down'] + e['bytes_up']} bytes, "
@@ -510,11 +514,16 @@ def devnet() -> None:
 @click.option("--repair-interval", default=60.0, show_default=True, help="Seconds between repair checks.")
 @click.option("--repair-grace", default=900.0, show_default=True, help="Grace period before repair.")
 @click.option("--audit-interval", default=300.0, show_default=True, help="Seconds between audit rounds.")
+@click.option("--repair-claim-ttl", default=None, type=float,
+              help="Seconds a repair leader's claim holds unless renewed (node default 120).")
+@click.option("--repair-rate", default=None,
+              help="Repair bandwidth per node, bytes/s, e.g. 256KiB (node default 50MB).")
 @click.option("--fault", multiple=True, help="NAME=MODE: make a node dishonest "
               "(delete, corrupt, hashes, nonce) to see audits catch it.")
 @json_option
 def devnet_up(count: int, directory: Path, difficulty: int | None, capacity: str, timeout: float,
               repair_interval: float, repair_grace: float, audit_interval: float,
+              repair_claim_ttl: float | None, repair_rate: str | None,
               fault: tuple[str, ...], as_json: bool) -> None:
     """Start COUNT node processes; return once all have joined."""
     from xcore.devnet import up
@@ -523,6 +532,8 @@ def devnet_up(count: int, directory: Path, difficulty: int | None, capacity: str
               capacity=parse_size(capacity), timeout=timeout, repair_interval=repair_interval,
               repair_grace=repair_grace, audit_interval=audit_interval,
               faults=dict(f.split("=", 1) for f in fault if "=" in f),
+              repair_claim_ttl=repair_claim_ttl,
+              repair_rate=None if repair_rate is None else parse_size(repair_rate),
               progress=None if as_json else lambda m: click.echo(m, err=True))
     emit(info, as_json, lambda i: f"devnet of {len(i['nodes'])} nodes up in {i['dir']}")
 

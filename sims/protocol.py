@@ -33,7 +33,7 @@ import tempfile
 import time as _wall  # wall-clock timing for the log only, never in metrics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from xcore.bootstrap import format_seed
 from xcore.client.files import Client
@@ -47,6 +47,7 @@ from xcore.shard.erasure import Redundancy
 
 HOUR = 3600.0
 DAY = 24 * HOUR
+T = TypeVar("T")
 
 
 @dataclass
@@ -300,16 +301,23 @@ class ProtocolSim:
 
     # -- metrics ---------------------------------------------------------------------
 
-    def ground_truth(self) -> dict[str, int]:
-        have: dict[bytes, int] = {}
-        for h in self.hosts:
+    def holders(self) -> list[list[list[int]]]:
+        """Ground truth from the hosts' disks: for each segment, for each share
+        index, the hosts (indices into ``self.hosts``) that are up and hold it.
+        A dishonest host in ``delete`` mode keeps the file but will not serve
+        it, so it counts as holding nothing."""
+        where: dict[bytes, list[int]] = {}
+        for i, h in enumerate(self.hosts):
             if h.up and h.svc is not None and h.svc.host is not None and h.fault != "delete":
                 for s in h.svc.host.store.iter_shares():
-                    have[s] = have.get(s, 0) + 1
+                    where.setdefault(s, []).append(i)
+        return [[where.get(s, []) for s in shares] for _, shares, _ in self.segments]
+
+    def ground_truth(self) -> dict[str, int]:
         below = lost = 0
         thr = self.red.repair_threshold
-        for _, shares, k in self.segments:
-            live = sum(1 for s in shares if have.get(s))
+        for (_, _, k), held in zip(self.segments, self.holders()):
+            live = sum(1 for hs in held if hs)
             if live < k:
                 lost += 1
             if live < thr:
@@ -385,23 +393,27 @@ class ProtocolSim:
                    "virtual_hours": round(self.cfg.duration / HOUR, 3),
                    "final": self.rows[-1] if self.rows else {},
                    "events": len(self.events)}
+        self.shutdown()
+        return summary
+
+    def shutdown(self) -> None:
+        """Kill every node still running (the end of a run; metrics are taken)."""
         for h in self.hosts:
             if h.up and h.svc is not None:
                 h.svc.kill()
-        return summary
+                h.up = False
 
 
-def run_protocol(doc: dict[str, Any], seed: int, out: Path,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    cfg = ProtocolConfig.from_dict(doc)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def run_sim(cfg: ProtocolConfig, seed: int, main: Callable[[ProtocolSim], Awaitable[T]],
+            log: Callable[[str], None] = lambda m: None) -> tuple[ProtocolSim, T]:
+    """Run ``main(sim)`` on a fresh :class:`ProtocolSim` in its own virtual-time
+    loop and a temporary work directory; then kill every node and clean up."""
     work = Path(tempfile.mkdtemp(prefix="xcore-sim-"))
-    wall0 = _wall.monotonic()
     sim = ProtocolSim(cfg, seed, work, log=log)
     try:
         asyncio.set_event_loop(sim.loop)
-        summary = sim.loop.run_until_complete(sim.run())
+        result = sim.loop.run_until_complete(main(sim))
+        sim.shutdown()
         # let cancelled tasks finish so the loop closes cleanly
         pending = [t for t in asyncio.all_tasks(sim.loop) if not t.done()]
         for t in pending:
@@ -412,6 +424,16 @@ def run_protocol(doc: dict[str, Any], seed: int, out: Path,
         sim.loop.close()
         asyncio.set_event_loop(None)
         shutil.rmtree(work, ignore_errors=True)
+    return sim, result
+
+
+def run_protocol(doc: dict[str, Any], seed: int, out: Path,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    cfg = ProtocolConfig.from_dict(doc)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wall0 = _wall.monotonic()
+    sim, summary = run_sim(cfg, seed, ProtocolSim.run, log=log)
     write_metrics(out, sim.rows, sim.events, summary)
     log(f"protocol simulation: {cfg.nodes} nodes, {cfg.duration / HOUR:.1f} virtual hours "
         f"in {_wall.monotonic() - wall0:.1f} s wall")

@@ -70,19 +70,25 @@ def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
        timeout: float = 60.0, progress: Callable[[str], None] | None = None,
        prefix: str = "n", repair_interval: float = 60.0,
        repair_grace: float = 900.0, audit_interval: float = 300.0,
-       faults: dict[str, str] | None = None) -> dict[str, Any]:
+       faults: dict[str, str] | None = None, repair_claim_ttl: float | None = None,
+       repair_rate: float | None = None) -> dict[str, Any]:
     if count < 1:
         raise ConfigError("a devnet needs at least one node")
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     names = [f"{prefix}{i:02d}" for i in range(1, count + 1)]
+    repair: dict[str, float] = {}
+    if repair_claim_ttl is not None:
+        repair["repair_claim_ttl"] = float(repair_claim_ttl)
+    if repair_rate is not None:
+        repair["repair_rate"] = float(repair_rate)
     nodes: list[dict[str, Any]] = []
     first = directory / names[0]
     if not (first / "config.json").exists():
         init_node(first, port=0, capacity=capacity, difficulty=difficulty, diversity=False,
                   repair_interval=repair_interval, repair_grace=repair_grace)
-        _tune(first, audit_interval, (faults or {}).get(names[0], ""))
+        _tune(first, audit_interval, (faults or {}).get(names[0], ""), repair)
     proc = spawn(first)
     st = wait_joined(first, proc, deadline)
     seed = format_seed(parse_address(st["address"]), bytes.fromhex(st["node_id"]))
@@ -98,7 +104,7 @@ def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
         if not (d / "config.json").exists():
             init_node(d, port=0, capacity=capacity, bootstrap=[seed], difficulty=difficulty,
                       diversity=False, repair_interval=repair_interval, repair_grace=repair_grace)
-            _tune(d, audit_interval, (faults or {}).get(name, ""))
+            _tune(d, audit_interval, (faults or {}).get(name, ""), repair)
         procs.append((name, d, spawn(d)))
     for name, d, p in procs:
         st = wait_joined(d, p, deadline)
@@ -111,10 +117,13 @@ def up(directory: Path, count: int, *, difficulty: int, capacity: int = 1 << 30,
     return info
 
 
-def _tune(data_dir: Path, audit_interval: float, fault: str) -> None:
-    """Devnet-only settings: audit pace and fault injection (dishonest hosts)."""
+def _tune(data_dir: Path, audit_interval: float, fault: str,
+          repair: dict[str, float] | None = None) -> None:
+    """Devnet-only settings: audit pace, repair claim TTL and bandwidth
+    (``repair_claim_ttl``, ``repair_rate``), fault injection (dishonest hosts)."""
     path = Path(data_dir) / "config.json"
     cfg = json.loads(path.read_text())
+    cfg.update(repair or {})
     cfg["audit_interval"] = audit_interval
     if audit_interval < 300:
         cfg["audit_rate"] = 86400.0 / max(1.0, audit_interval)  # every contract each round

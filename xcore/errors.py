@@ -77,6 +77,11 @@ class NotEnoughShares(XcoreError):
     """Too few good shares could be fetched to rebuild the data."""
 
 
+class ClaimLapsed(XcoreError):
+    """Our repair claim expired while we worked (this node was stalled): another
+    holder may have taken over, so the repair stops and starts over."""
+
+
 class CapacityExceeded(XcoreError):
     """The host has no room for this share within the capacity it offers."""
 

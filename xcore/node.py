@@ -36,9 +36,10 @@ from xcore.errors import ConfigError, NoPeers, RemoteProtocolError, XcoreError
 from xcore.fsutil import atomic_write
 import xcore.kinds  # noqa: F401  registers every record kind this node accepts
 from xcore.contracts.hosts import host_record, loc_key, loc_record
-from xcore.net.aio import DatagramDriver, open_udp, wait_op, wall_clock
+from xcore.net.aio import DatagramDriver, clock_from_env, open_udp, wait_op
 from xcore.net.streams import TCP
 from xcore.shard.host import HostService
+from xcore.shard.throttle import TransferLimits
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ SAVE_INTERVAL = 30.0
 ANNOUNCE_INTERVAL = 60.0
 DEFAULT_REPAIR_INTERVAL = 60.0
 DEFAULT_REPAIR_GRACE = 900.0
+DEFAULT_REPAIR_CLAIM_TTL = 120.0  # seconds a leader's claim holds unless renewed
+DEFAULT_REPAIR_RATE = 50e6  # bytes/s of repair traffic per node
 DEFAULT_AUDIT_INTERVAL = 300.0
 DEFAULT_AUDIT_RATE = 4.0  # audits per contract per day
 MAX_STATE_BYTES = 256 << 20
@@ -153,7 +156,7 @@ class NodeEnv:
     inline instead of in threads.
     """
 
-    clock: Callable[[], float] = wall_clock
+    clock: Callable[[], float] = field(default_factory=clock_from_env)  # XCORE_CLOCK_SKEW
     rng: random.Random = field(default_factory=random.SystemRandom)
     token_bytes: Callable[[int], bytes] = secrets.token_bytes
     net: Any = None  # has open_udp/open_connection/start_server; None: real sockets
@@ -213,7 +216,8 @@ class NodeService:
             self.host = HostService(self.data_dir, self.identity, self.config["capacity"],
                                     clock=self.clock, token_bytes=self.env.token_bytes,
                                     fault=str(self.config.get("fault", "")),
-                                    streams=self.streams, threads=self.env.threads)
+                                    streams=self.streams, threads=self.env.threads,
+                                    limits=TransferLimits.from_config(self.config))
             self.host.on_stored = self._share_stored
             self.host.on_deleted = self._share_deleted
             self.host.on_contract = self._contract_signed
@@ -232,7 +236,9 @@ class NodeService:
             from xcore.repairer import Repairer
             self.repairer = Repairer(
                 self, interval=float(self.config.get("repair_interval", DEFAULT_REPAIR_INTERVAL)),
-                grace=float(self.config.get("repair_grace", DEFAULT_REPAIR_GRACE)))
+                grace=float(self.config.get("repair_grace", DEFAULT_REPAIR_GRACE)),
+                claim_ttl=float(self.config.get("repair_claim_ttl", DEFAULT_REPAIR_CLAIM_TTL)),
+                rate=float(self.config.get("repair_rate", DEFAULT_REPAIR_RATE)))
             self._repair_task = asyncio.create_task(self.repairer.run())
             from xcore.auditor import Auditor
             self.auditor = Auditor(
@@ -379,6 +385,7 @@ class NodeService:
             "capacity": self.config["capacity"],
             "dropped": sum(v for k, v in counters.items() if k.startswith("dropped_")),
             "uptime": self.clock() - self.dht.started,
+            "clock": self.clock(),
             "tcp_address": format_address(self.tcp_address) if self.tcp_address else None,
             "host": self.host.stats() if self.host else None,
             "repair": self.repairer.counters if self.repairer else None,

@@ -17,10 +17,12 @@ from typing import Any
 
 from xcore.bootstrap import parse_address
 from xcore.contracts.hosts import HostInfo, loc_address, loc_key, read_hosts
-from xcore.contracts.repair import RepairPlanner, TokenBucket, claim_key, make_claim, winning_claim
+from xcore.contracts.repair import (
+    RepairPlanner, TokenBucket, claim_key, make_claim, parse_claim, winning_claim,
+)
 from xcore.contracts.segments import SegmentInfo
 from xcore.contracts.selection import select_hosts
-from xcore.errors import LookupFailed, NotEnoughShares, XcoreError
+from xcore.errors import ClaimLapsed, LookupFailed, NotEnoughShares, XcoreError
 from xcore.net.aio import wait_op
 from xcore.net.streams import run_blocking
 from xcore.shard.erasure import Redundancy, regenerate
@@ -40,6 +42,7 @@ class RepairEvent:
     seconds: float
     ok: bool
     error: str | None = None
+    started: float = 0.0  # node clock when the claim was won
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -56,11 +59,13 @@ class Repairer:
     bucket: TokenBucket = field(init=False)
     events: list[RepairEvent] = field(default_factory=list)
     status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    active: dict[str, dict[str, Any]] = field(default_factory=dict)  # repairs under way
     counters: dict[str, int] = field(default_factory=dict)
     _backoff: dict[bytes, tuple[float, float]] = field(default_factory=dict)
     _loc_cache: dict[bytes, tuple[float, list[tuple[bytes, str]]]] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _running: bool = False
+    _claims: dict[bytes, float] = field(default_factory=dict)  # segment -> our claim's expiry
 
     def __post_init__(self) -> None:
         self.planner = RepairPlanner(self.svc.identity.node_id, self.grace)
@@ -178,6 +183,7 @@ class Repairer:
         self.status[info.segment_id.hex()] = {
             "segment": info.segment_id.hex(), "k": info.k, "n": info.n,
             "threshold": info.threshold, "healthy": len(d.healthy), "missing": d.missing,
+            "grace": d.grace,
             "action": d.action, "leader": d.leader.hex() if d.leader else None,
             "checked": now}
         if d.action != "repair":
@@ -185,7 +191,8 @@ class Repairer:
         until, delay = self._backoff.get(info.segment_id, (0.0, 0.0))
         if now < until:
             return
-        ev = await self.repair(blob, info, d.missing, d.live_holders, addrs)
+        ev = await self.repair(blob, info, d.missing, d.live_holders, addrs,
+                               standing=set(d.candidates))
         if ev is not None and not ev.ok:
             delay = min(max(2 * delay, self.interval), 3600.0)
             self._backoff[info.segment_id] = (self.svc.clock() + delay, delay)
@@ -193,6 +200,7 @@ class Repairer:
             self._backoff.pop(info.segment_id, None)
 
     async def _claim(self, info: SegmentInfo, alive: set[bytes]) -> bool:
+        own = self.svc.identity.node_id
         rec = make_claim(self.svc.identity, info.segment_id, self.svc.clock(), self.claim_ttl)
         op = self.svc.driver.call(lambda t: self.svc.dht.publish(rec, t))
         try:
@@ -201,26 +209,77 @@ class Repairer:
             # e.g. the key is full of junk claims by non-holders: they cannot
             # win (only live holders count), so decide from what we read
             self._count("claims_unpublished")
-        claims = await self._dht_get(claim_key(info.segment_id))
-        win = winning_claim(claims + [rec], self.svc.clock(), alive | {self.svc.identity.node_id})
-        return win is not None and win.signer_id == self.svc.identity.node_id
+        claims = [c for c in await self._dht_get(claim_key(info.segment_id)) if c.signer_id != own]
+        # our own claim is judged as renewed now: publishing and reading back
+        # can take longer than a short claim lives, and a leader must not lose
+        # to nobody because its DHT was slow (it renews the claim while it works)
+        now = self.svc.clock()
+        fresh = make_claim(self.svc.identity, info.segment_id, now, self.claim_ttl)
+        win = winning_claim(claims + [fresh], now, alive | {own})
+        if win is None or win.signer_id != own:
+            return False
+        if rec.expires - now < self.claim_ttl / 2:
+            self._publish_claim(fresh)
+        else:
+            self._claims[info.segment_id] = float(rec.expires)
+        return True
+
+    def _publish_claim(self, rec: Any) -> None:
+        """(Re)publish our claim without waiting for the DHT (renewal while we work)."""
+        seg = parse_claim(rec)
+        self._claims[seg] = float(rec.expires)
+        self.svc.driver.call(lambda t: self.svc.dht.publish(rec, t))
+
+    async def _keep_claim(self, info: SegmentInfo) -> None:
+        """While a repair runs: renew our claim when half its life is gone. A
+        claim found expired is not renewed (this node was stalled: paused,
+        swapped out): :meth:`_hold_claim` then stops the repair."""
+        seg = info.segment_id
+        while True:
+            expires = self._claims.get(seg, 0.0)
+            await asyncio.sleep(max(0.0, expires - self.claim_ttl / 2 - self.svc.clock()))
+            now = self.svc.clock()
+            if now >= self._claims.get(seg, 0.0):
+                return
+            self._publish_claim(make_claim(self.svc.identity, seg, now, self.claim_ttl))
+
+    def _hold_claim(self, info: SegmentInfo) -> None:
+        """Before each step of a repair: is our claim still unexpired? If it
+        expired meanwhile, someone else may have taken over: stop."""
+        now = self.svc.clock()
+        expires = self._claims.get(info.segment_id, 0.0)
+        if now >= expires:
+            self._count("claims_lapsed")
+            raise ClaimLapsed(f"our claim on segment {info.segment_id.hex()[:12]} expired "
+                              f"{now - expires:.1f} s ago while we worked: starting over")
 
     async def repair(self, blob: bytes, info: SegmentInfo, missing: list[int],
-                     live: dict[int, list[bytes]], addrs: dict[bytes, str]) -> RepairEvent | None:
+                     live: dict[int, list[bytes]], addrs: dict[bytes, str],
+                     standing: set[bytes] | None = None) -> RepairEvent | None:
+        """``live``: holders that answered, per index (to fetch from);
+        ``standing``: holders that answered or are within their grace period
+        (whose claims count, see RepairPlanner.decide)."""
         own = self.svc.identity.node_id
         alive = {h for hs in live.values() for h in hs}
-        if not await self._claim(info, alive):
+        if not await self._claim(info, alive | (standing or set())):
             self._count("claims_lost")
             return None
         started = self.svc.clock()
-        ev = RepairEvent(info.segment_id.hex(), own.hex(), list(missing), {}, 0, 0, 0.0, False)
+        ev = RepairEvent(info.segment_id.hex(), own.hex(), list(missing), {}, 0, 0, 0.0, False,
+                         started=started)
+        self.active[ev.segment] = progress = {
+            "phase": "fetching", "placed": ev.placed, "started": started,
+            "claim_expires": self._claims.get(info.segment_id, 0.0)}
+        renewer = asyncio.create_task(self._keep_claim(info))
         try:
             red = Redundancy(info.k, info.n)
             good: dict[int, bytes] = {}
-            for i, hs in live.items():
+            # our own share first: it costs no download (k - 1 instead of k)
+            for i, hs in sorted(live.items(), key=lambda ihs: own not in ihs[1]):
                 if len(good) >= info.k:
                     break
-                for hid in hs:
+                for hid in sorted(hs, key=lambda h: h != own):
+                    self._hold_claim(info)
                     try:
                         if hid == own:
                             data = await run_blocking(self.svc.host.store.get, info.shares[i],
@@ -241,17 +300,26 @@ class Repairer:
             if len(good) < info.k:
                 raise NotEnoughShares(f"only {len(good)} of {info.k} shares could be fetched")
             regenerated = regenerate(good, red, missing)
+            progress["phase"] = "placing"
             hosts, again = await asyncio.gather(
                 self._candidates(),
                 asyncio.gather(*(self._holders(info.shares[i], fresh=True) for i in missing)))
-            holders_now = set(alive)
+            # no host gets two shares of the segment: avoid every holder we know of
+            holders_now = set(alive) | set(addrs) | (standing or set())
             for i, holders_of_i in zip(missing, again):
                 data = regenerated[i]
                 if hashlib.sha256(data).digest() != info.shares[i]:
                     raise NotEnoughShares(f"regenerated share {i} does not match its hash")
+                # pace first, then check, then place: a check made before a wait
+                # (or before this node was stalled) says nothing about after it
+                await asyncio.sleep(self.bucket.delay_for(len(data), self.svc.clock()))
+                self._hold_claim(info)
                 # never place a share twice: someone may have repaired it meanwhile
+                # (holders already judged gone are not asked again: a dead host
+                # can take the whole connection timeout to fail once more)
+                gone = set(addrs) - (standing if standing is not None else alive)
                 found = await asyncio.gather(*(self._probe(hid, a, info.shares[i])
-                                               for hid, a in holders_of_i))
+                                               for hid, a in holders_of_i if hid not in gone))
                 if any(found):
                     self._count("already_repaired")
                     continue
@@ -269,7 +337,6 @@ class Repairer:
                                                             target.node_id, self.svc.env.token_bytes,
                                                             5.0, streams=self.svc.streams)
                         try:
-                            await asyncio.sleep(self.bucket.delay_for(len(data), self.svc.clock()))
                             await conn.put_share(info.shares[i], data, None, blob)
                         finally:
                             conn.close()
@@ -285,10 +352,14 @@ class Repairer:
                     raise NotEnoughShares(f"no new host took share {i}")
             ev.ok = True
             self._count("repairs")
-            self._count("repair_bytes", ev.bytes_down + ev.bytes_up)
         except XcoreError as exc:
             ev.error = str(exc)
             self._count("repairs_failed")
+        finally:
+            renewer.cancel()
+            self.active.pop(ev.segment, None)
+            self._claims.pop(info.segment_id, None)
+        self._count("repair_bytes", ev.bytes_down + ev.bytes_up)  # failed repairs move bytes too
         ev.seconds = round(self.svc.clock() - started, 3)
         self.events.append(ev)
         del self.events[:-100]
@@ -301,5 +372,9 @@ class Repairer:
     def report(self) -> dict[str, Any]:
         return {"segments": sorted(self.status.values(), key=lambda s: s["segment"]),
                 "events": [e.as_dict() for e in self.events[-20:]],
+                "active": {s: dict(a, placed=dict(a["placed"]),
+                                   claim_expires=self._claims.get(bytes.fromhex(s), 0.0))
+                           for s, a in self.active.items()},
                 "counters": dict(sorted(self.counters.items())),
-                "interval": self.interval, "grace": self.grace}
+                "interval": self.interval, "grace": self.grace, "claim_ttl": self.claim_ttl,
+                "rate": self.rate}

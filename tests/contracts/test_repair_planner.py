@@ -113,3 +113,34 @@ def test_token_bucket_bounds_repair_bandwidth() -> None:
     b = TokenBucket(rate=1e6, burst=2e6, tokens=2e6, stamp=0.0)
     assert b.delay_for(2_000_000, 0.0) == 0.0
     assert abs(b.delay_for(1_000_000, 0.0) - 1.0) < 1e-9  # must wait a second at 1 MB/s
+
+
+def test_a_leader_that_misses_a_probe_keeps_the_lead_until_its_grace_ends() -> None:
+    """A leader busy with the repair may miss a probe: the next holder must not
+    pre-empt it (two repairs at once) before the leader's grace period is over."""
+    dead = {1, 2, 3}
+    watcher = 7
+    p = planner(own=watcher, grace=60.0)
+    observe_all(p, 0.0)
+    observe_all(p, 10.0, dead)
+    first = p.decide(SEG, N, THRESHOLD, holders(), 80.0)
+    assert first.leader is not None and first.missing == sorted(dead)
+    lead = H.index(first.leader)
+    assert lead != watcher
+    observe_all(p, 85.0, dead | {lead})  # one probe of the leader times out
+    busy = p.decide(SEG, N, THRESHOLD, holders(), 90.0)
+    assert busy.leader == first.leader and busy.action == "follow"
+    assert busy.grace == [lead] and busy.candidates[0] == first.leader
+    assert first.leader not in {h for hs in busy.live_holders.values() for h in hs}
+    observe_all(p, 150.0, dead | {lead})  # silent for the whole grace period
+    later = p.decide(SEG, N, THRESHOLD, holders(), 150.0)
+    assert later.leader != first.leader and first.leader not in later.candidates
+    assert later.missing == sorted(dead | {lead})
+
+
+def test_the_status_names_the_shares_held_up_only_by_the_grace_period() -> None:
+    p = planner(grace=60.0)
+    observe_all(p, 0.0)
+    observe_all(p, 10.0, {2, 5})
+    d = p.decide(SEG, N, THRESHOLD, holders(), 20.0)
+    assert d.action == "healthy" and d.grace == [2, 5] and d.missing == []

@@ -13,14 +13,19 @@ authenticated transfer protocol) and feeds the answers to a
   has been failing for less than the grace period (transient churn must not
   cause repair storms: lazy repair).
 * When fewer than ``threshold = k + ceil((n-k)/3)`` indices are healthy, the
-  segment needs repair. Its *leader* is the live holder whose node ID is
-  closest (XOR) to the segment ID: every watcher computes the same leader
-  from the same facts, and no owner is involved.
+  segment needs repair. Its *leader* is the holder whose node ID is closest
+  (XOR) to the segment ID among those that answer or are still within their
+  grace period: every watcher computes the same leader from the same facts,
+  no owner is involved, and a leader that misses a probe or two (busy with
+  the repair itself, say) is not pre-empted by the next one.
 * The leader publishes a signed ``claim`` record (short expiry) and re-reads
-  the claims: if another unexpired claim came first, it backs off, so two
-  leaders cannot both act. A claim that is not renewed expires; if the leader
-  dies mid-repair, it stops answering, the next-closest live holder becomes
-  leader once the grace period has passed, and finishes the work.
+  the claims: if a closer holder's unexpired claim is there, it backs off, so
+  two leaders cannot both act. The leader renews its claim while it works
+  and checks it before every placement: a leader that was stalled past its
+  claim's expiry (paused, swapped out) stops and starts over from fresh
+  probes. If the leader dies mid-repair, it stops answering, the next-closest
+  holder becomes leader once the grace period has passed, and finishes the
+  work.
 * The leader downloads k healthy shares, regenerates the missing ones
   bit-for-bit with zfec (ciphertext only, no key), checks each against the
   hash the owner signed, and places it on a new host chosen by the selection
@@ -105,6 +110,8 @@ class Decision:
     missing: list[int]
     leader: bytes | None
     live_holders: dict[int, list[bytes]]
+    grace: list[int] = field(default_factory=list)  # healthy only while failing holders are in grace
+    candidates: list[bytes] = field(default_factory=list)  # holders live or in grace: may lead
 
 
 @dataclass
@@ -144,12 +151,17 @@ class RepairPlanner:
         records and our own store)."""
         healthy: list[int] = []
         missing: list[int] = []
+        grace: list[int] = []
+        standing: set[bytes] = set()
         live: dict[int, list[bytes]] = {}
         for i in range(n):
             states = {h: self._holder_state(seg_id, i, h, now) for h in holders.get(i, [])}
             live[i] = sorted(h for h, s in states.items() if s == "live")
+            standing.update(h for h, s in states.items() if s in ("live", "grace"))
             if live[i] or any(s in ("grace", "unknown") for s in states.values()):
                 healthy.append(i)
+                if not live[i] and "grace" in states.values():
+                    grace.append(i)
                 self.unknown_since.pop((seg_id, i), None)
                 continue
             # nobody (alive) holds it: lazy, so only after the grace period
@@ -158,9 +170,11 @@ class RepairPlanner:
                 missing.append(i)
             else:
                 healthy.append(i)
-        alive = {h for hs in live.values() for h in hs}
+        # a holder within its grace period may still be at work: it keeps the
+        # lead, or a leader slow to answer one probe would be pre-empted mid-repair
         seg_int = int.from_bytes(seg_id, "big")
-        leader = min(alive, key=lambda h: int.from_bytes(h, "big") ^ seg_int) if alive else None
+        leader = (min(standing, key=lambda h: int.from_bytes(h, "big") ^ seg_int)
+                  if standing else None)
         if len(healthy) >= n:
             action = "healthy"
         elif len(healthy) >= threshold:
@@ -169,7 +183,8 @@ class RepairPlanner:
             action = "repair"
         else:
             action = "follow"
-        return Decision(action, healthy, missing, leader, live)
+        return Decision(action, healthy, missing, leader, live, grace,
+                        sorted(standing, key=lambda h: int.from_bytes(h, "big") ^ seg_int))
 
 
 @dataclass

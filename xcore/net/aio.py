@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from xcore.dht.operation import Operation
-from xcore.errors import Timeout
+from xcore.errors import ConfigError, Timeout
 from xcore.net.base import Address, DatagramEndpoint
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,34 @@ T = TypeVar("T")
 def wall_clock() -> float:
     """Unix time in seconds: the clock production nodes inject."""
     return time.time()
+
+
+CLOCK_SKEW_ENV = "XCORE_CLOCK_SKEW"
+MAX_CLOCK_SKEW = 366 * 24 * 3600.0
+
+
+def clock_from_env(environ: Mapping[str, str] | None = None) -> Callable[[], float]:
+    """The wall clock, shifted by ``XCORE_CLOCK_SKEW`` seconds if that is set.
+
+    Fault injection for tests and labs: a node whose clock is wrong by a
+    known amount (``XCORE_CLOCK_SKEW=600 xcore node start ...`` runs ten
+    minutes ahead). Everything the node does with time goes through it."""
+    raw = (os.environ if environ is None else environ).get(CLOCK_SKEW_ENV, "").strip()
+    if not raw:
+        return wall_clock
+    try:
+        skew = float(raw)
+    except ValueError:
+        raise ConfigError(f"{CLOCK_SKEW_ENV}={raw!r}: expected seconds, e.g. 600 or -30.5") from None
+    if not math.isfinite(skew) or abs(skew) > MAX_CLOCK_SKEW:
+        raise ConfigError(f"{CLOCK_SKEW_ENV}={raw!r}: at most {MAX_CLOCK_SKEW:.0f} s either way")
+    if skew == 0:
+        return wall_clock
+
+    def skewed() -> float:
+        return time.time() + skew
+    skewed.skew = skew  # type: ignore[attr-defined]
+    return skewed
 
 
 class DatagramDriver(asyncio.DatagramProtocol):

@@ -5,6 +5,10 @@ the capacity its operator offers, and remembers, per share, which owners hold
 a storage grant for it (``owners/<hash>`` files, msgpack ``{owner_pubkey:
 expires}``, written atomically). A share is deleted when its last owner asks
 for it (with a signed DELETE) or when every grant has expired.
+
+Each peer is held to its own share of the host (:mod:`xcore.shard.throttle`):
+bytes/s per node ID and per source address, and a few connections each, so a
+peer that floods the host is throttled while the others are served.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from xcore.codec import as_bytes, as_int, pack, unpack_bounded
-from xcore.crypto.identity import PUBKEY_BYTES, SIG_BYTES, Identity, verify
+from xcore.crypto.identity import PUBKEY_BYTES, SIG_BYTES, Identity, node_id_of, verify
 from xcore.errors import (
     BadSignature, CapacityExceeded, DiskFull, RemoteProtocolError, ShareCorrupted,
     ShareNotFound, Timeout, XcoreError,
@@ -27,6 +31,7 @@ from xcore.errors import InvalidParameter, RecordRejected, StorageIOError
 from xcore.fsutil import atomic_write
 from xcore.net.streams import TCP, Listener, StreamNet, run_blocking
 from xcore.shard.store import ShareStore, share_name
+from xcore.shard.throttle import PeerLimits, TransferLimits
 from xcore.shard.transfer import (
     CHUNK, DATA, DELETE, E_BAD_REQUEST, E_BUSY, E_CAPACITY, E_CORRUPT, E_DISK_FULL,
     E_NOT_FOUND, E_UNAUTHORIZED, ERR, GET, HASH_BYTES, MAX_FRAME, MAX_SHARE, OK, PUT,
@@ -41,7 +46,8 @@ class HostService:
     def __init__(self, data_dir: Path, identity: Identity, capacity: int, *,
                  clock: Callable[[], float], token_bytes: Callable[[int], bytes],
                  max_connections: int = 128, timeout: float = 30.0, fault: str = "",
-                 streams: StreamNet = TCP, threads: bool = True) -> None:
+                 streams: StreamNet = TCP, threads: bool = True,
+                 limits: TransferLimits | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.identity = identity
         self.capacity = capacity
@@ -53,6 +59,7 @@ class HostService:
         self.max_connections = max_connections
         self.timeout = timeout
         self.connections = 0
+        self.limits = PeerLimits(limits)
         self.server: Listener | None = None
         self.streams = streams
         self.threads = threads
@@ -146,7 +153,8 @@ class HostService:
     def stats(self) -> dict[str, Any]:
         st: dict[str, Any] = dict(self.store.stats())
         st.update({"address": f"{self.address[0]}:{self.address[1]}" if self.address else None,
-                   "connections": self.connections, "counters": dict(sorted(self.counters.items()))})
+                   "connections": self.connections, "counters": dict(sorted(self.counters.items())),
+                   "peers_connected": len(self.limits.conns_by_peer)})
         return st
 
     # -- serving ------------------------------------------------------------
@@ -157,25 +165,30 @@ class HostService:
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
         fs = FrameStream(reader, writer, self.timeout)
+        peername = writer.get_extra_info("peername")
+        ip = str(peername[0]) if isinstance(peername, (tuple, list)) and peername else None
         if self.connections >= self.max_connections:
             self._count("refused_busy")
-            try:
-                fs.timeout = 2.0
-                await fs.recv()  # the HELLO: unread input would turn our close into a reset
-                await fs.send(ERR, E_BUSY, "too many connections")
-                writer.write_eof()
-            except (XcoreError, OSError, RuntimeError):
-                pass
-            fs.close()
+            await self._refuse(fs, "too many connections")
+            return
+        if not self.limits.open_ip(ip):
+            self._count("refused_conns_ip")
+            await self._refuse(fs, "too many connections from your address")
             return
         self._writers.add(writer)
         self.connections += 1
+        peer_id: bytes | None = None
         try:
             try:
                 peer = await server_handshake(fs, self.identity, self.token_bytes)
             except (XcoreError, asyncio.TimeoutError):
                 self._count("handshakes_failed")
                 return
+            if not self.limits.open_peer(node_id_of(peer)):
+                self._count("refused_conns_peer")
+                await fs.send(ERR, E_BUSY, "too many connections from your node")
+                return
+            peer_id = node_id_of(peer)
             while True:
                 try:
                     ftype, fields = await fs.recv()
@@ -187,7 +200,7 @@ class HostService:
                     self._count("bad_frames")
                     return
                 try:
-                    await self._request(fs, peer, ftype, fields)
+                    await self._request(fs, peer_id, ip, ftype, fields)
                 except ConnectionClosed:
                     return  # the client hung up (normal: it had its k shares)
                 except RemoteProtocolError as exc:
@@ -209,18 +222,55 @@ class HostService:
             log.exception("error serving a transfer connection")
         finally:
             self.connections -= 1
+            self.limits.close_ip(ip)
+            if peer_id is not None:
+                self.limits.close_peer(peer_id)
             self._writers.discard(writer)
             fs.close()
 
-    async def _request(self, fs: FrameStream, peer: bytes, ftype: int, f: list[Any]) -> None:
+    async def _refuse(self, fs: FrameStream, why: str) -> None:
+        """Turn a connection away before the handshake, politely."""
+        try:
+            fs.timeout = 2.0
+            await fs.recv()  # the HELLO: unread input would turn our close into a reset
+            await fs.send(ERR, E_BUSY, why)
+            fs.writer.write_eof()
+        except (XcoreError, OSError, RuntimeError):
+            pass
+        fs.close()
+
+    async def _throttle(self, fs: FrameStream, peer: bytes, ip: str | None, cost: int) -> bool:
+        """Charge ``cost`` bytes to the peer and its address; wait if they are
+        over their rate, or refuse (E_BUSY) and return False if they are far over."""
+        if cost <= 0:
+            return True
+        wait, which = self.limits.reserve(peer, ip, cost, self.clock())
+        if wait < 0:
+            self._count(f"refused_rate_{which}")
+            await fs.send(ERR, E_BUSY, f"rate limited ({which}): retry later")
+            return False
+        if wait > 0:
+            self._count("throttled")
+            self._count("throttle_wait_ms", int(wait * 1000))
+            await asyncio.sleep(wait)
+        return True
+
+    def _size(self, share_hash: bytes) -> int:
+        try:
+            return self.store.size_of(share_hash)
+        except XcoreError:
+            return 0  # not here: the request costs no share bytes (and is answered so)
+
+    async def _request(self, fs: FrameStream, peer: bytes, ip: str | None, ftype: int,
+                       f: list[Any]) -> None:
         if ftype == PUT:
-            await self._put(fs, f)
+            await self._put(fs, f, peer, ip)
         elif ftype == GET:
-            await self._get(fs, f)
+            await self._get(fs, f, peer, ip)
         elif ftype == DELETE:
             await self._delete(fs, f)
         elif ftype == AUDIT:
-            await self._audit(fs, f)
+            await self._audit(fs, f, peer, ip)
         elif ftype == HAS:
             if len(f) != 1:
                 raise RemoteProtocolError("HAS: expected 1 field")
@@ -234,7 +284,7 @@ class HostService:
         else:
             raise RemoteProtocolError(f"unknown request type {ftype}")
 
-    async def _put(self, fs: FrameStream, f: list[Any]) -> None:
+    async def _put(self, fs: FrameStream, f: list[Any], peer: bytes, ip: str | None) -> None:
         if len(f) not in (3, 4, 5):
             raise RemoteProtocolError("PUT: expected 3 to 5 fields")
         share_hash = as_bytes(f[0], "hash", size=HASH_BYTES)
@@ -290,6 +340,8 @@ class HostService:
         if size > self.store.free:
             self._count("puts_refused_capacity")
             await fs.send(ERR, E_CAPACITY, f"no room: {self.store.free} bytes free")
+            return
+        if not await self._throttle(fs, peer, ip, size):
             return
         await fs.send(READY, 1)
         buf = bytearray()
@@ -356,10 +408,12 @@ class HostService:
 
     # -- audits ----------------------------------------------------------------
 
-    async def _audit(self, fs: FrameStream, f: list[Any]) -> None:
+    async def _audit(self, fs: FrameStream, f: list[Any], peer: bytes, ip: str | None) -> None:
         if len(f) != 1:
             raise RemoteProtocolError("AUDIT: expected 1 field")
         challenge = Challenge.decode(as_bytes(f[0], "challenge", max_size=4096))
+        if not await self._throttle(fs, peer, ip, self._size(challenge.share_hash)):
+            return  # answering reads and hashes the whole share
         self._count("audits_answered")
         try:
             if self.fault == "corrupt":
@@ -432,10 +486,12 @@ class HostService:
                 out[info.segment_id] = (blob, info)
         return out
 
-    async def _get(self, fs: FrameStream, f: list[Any]) -> None:
+    async def _get(self, fs: FrameStream, f: list[Any], peer: bytes, ip: str | None) -> None:
         if len(f) != 1:
             raise RemoteProtocolError("GET: expected 1 field")
         share_hash = as_bytes(f[0], "hash", size=HASH_BYTES)
+        if not await self._throttle(fs, peer, ip, self._size(share_hash)):
+            return
         try:
             data = await run_blocking(self.store.get, share_hash, threads=self.threads)
         except ShareNotFound:

@@ -1,0 +1,141 @@
+"""The repair leader's claim while it works (:class:`xcore.repairer.Repairer`).
+
+A recording fake stands in for the node: its DHT answers every operation at
+once but moves the node's clock on by ``dht_seconds`` first (a slow DHT), and
+remembers what was published. Found on the devnet (tests/integration/
+test_repair_devnet.py): with a claim TTL shorter than a publish-and-read, the
+leader judged its own claim expired and lost to nobody, round after round;
+and a leader stopped (SIGSTOP) mid-repair woke up after another holder had
+finished and placed its shares a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pytest
+
+from xcore.contracts.repair import claim_key, make_claim, parse_claim
+from xcore.contracts.segments import SegmentInfo
+from xcore.crypto.identity import Identity
+from xcore.dht.operation import Operation
+from xcore.errors import ClaimLapsed
+from xcore.net.vloop import VirtualTimeLoop
+from xcore.repairer import Repairer
+
+T0 = 1_800_000_000.0
+
+
+class SlowDHT:
+    """``svc.driver`` and ``svc.dht`` at once: every operation completes after
+    ``dht_seconds`` of the node's (virtual) clock; ``published`` records what was put."""
+
+    def __init__(self, loop: VirtualTimeLoop, dht_seconds: float) -> None:
+        self.loop, self.dht_seconds = loop, dht_seconds
+        self.published: list[Any] = []
+        self.stored: dict[bytes, list[Any]] = {}
+
+    def call(self, fn: Callable[[float], Any]) -> Operation[Any]:
+        self.loop.advance(self.dht_seconds)
+        return fn(self.loop.time())  # type: ignore[no-any-return]
+
+    def publish(self, rec: Any, now: float) -> Operation[Any]:
+        self.published.append(rec)
+        self.stored.setdefault(rec.key, []).append(rec)
+        op: Operation[Any] = Operation("publish")
+        op.set_result(None)
+        return op
+
+    def get(self, key: bytes, now: float) -> Operation[Any]:
+        op: Operation[Any] = Operation("get")
+        op.set_result(SimpleNamespace(records=list(self.stored.get(key, []))))
+        return op
+
+
+def make_repairer(dht_seconds: float = 0.0,
+                  claim_ttl: float = 4.0) -> tuple[Repairer, SlowDHT, VirtualTimeLoop]:
+    """A Repairer on a virtual-time loop whose clock is the node's clock."""
+    loop = VirtualTimeLoop(start=T0)
+    dht = SlowDHT(loop, dht_seconds)
+    rng = random.Random(5)
+    ident = Identity.generate(2, random.Random(1).randbytes)
+    svc = SimpleNamespace(identity=ident, clock=loop.time, driver=dht, dht=dht,
+                          env=SimpleNamespace(rng=rng, threads=False, token_bytes=rng.randbytes))
+    asyncio.set_event_loop(loop)
+    try:
+        return Repairer(svc, interval=1.0, grace=8.0, claim_ttl=claim_ttl), dht, loop
+    finally:
+        asyncio.set_event_loop(None)
+
+
+def run(loop: VirtualTimeLoop, coro: Any) -> Any:
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+SEG = SegmentInfo(bytes(range(20)), 4, 8, 1000, tuple(bytes([i]) * 32 for i in range(8)),
+                  int(T0) + 86400, 1, bytes(32))
+
+
+def test_a_leader_whose_dht_is_slower_than_its_claim_lives_still_wins() -> None:
+    rep, dht, loop = make_repairer(dht_seconds=3.0, claim_ttl=4.0)  # publish + read: 6 s
+    me = rep.svc.identity.node_id
+    assert run(loop, rep._claim(SEG, {me}))
+    # the claim it works under is fresh and was published again
+    assert rep._claims[SEG.segment_id] > loop.time()
+    assert [parse_claim(r) for r in dht.published] == [SEG.segment_id] * 2
+    assert dht.published[-1].expires > loop.time()
+
+
+def test_a_closer_live_holders_claim_still_wins() -> None:
+    rep, dht, loop = make_repairer(dht_seconds=0.5)
+    me = rep.svc.identity.node_id
+    seg_int = int.from_bytes(SEG.segment_id, "big")
+    others = [Identity.generate(2, random.Random(s).randbytes) for s in range(10, 40)]
+    closer = next(o for o in others
+                  if o.node_id != me and int.from_bytes(o.node_id, "big") ^ seg_int
+                  < int.from_bytes(me, "big") ^ seg_int)
+    dht.stored[claim_key(SEG.segment_id)] = [make_claim(closer, SEG.segment_id, loop.time(), 60)]
+
+    async def both() -> tuple[bool, bool]:
+        return (await rep._claim(SEG, {me, closer.node_id}),
+                await rep._claim(SEG, {me}))  # a claim by a holder not standing counts for nothing
+    assert run(loop, both()) == (False, True)
+
+
+def test_the_claim_is_renewed_while_the_repair_runs() -> None:
+    rep, dht, loop = make_repairer(claim_ttl=4.0)
+
+    async def work() -> None:
+        assert await rep._claim(SEG, {rep.svc.identity.node_id})
+        keeper = asyncio.create_task(rep._keep_claim(SEG))
+        for _ in range(10):  # 10 s of work
+            await asyncio.sleep(1.0)
+            rep._hold_claim(SEG)
+        keeper.cancel()
+    run(loop, work())
+    assert len(dht.published) >= 4  # renewed every 2-3 s
+    assert rep._claims[SEG.segment_id] > loop.time()
+
+
+def test_a_leader_stalled_past_its_claim_stops_at_the_next_step() -> None:
+    rep, dht, loop = make_repairer(claim_ttl=4.0)
+
+    async def work() -> None:
+        assert await rep._claim(SEG, {rep.svc.identity.node_id})
+        keeper = asyncio.create_task(rep._keep_claim(SEG))
+        await asyncio.sleep(0.5)
+        n = len(dht.published)
+        loop.advance(30.0)  # SIGSTOP, SIGCONT: the whole process was stalled
+        for _ in range(5):  # the keeper's timer is due: it runs, and must not renew
+            await asyncio.sleep(0)
+        assert keeper.done() and len(dht.published) == n
+        with pytest.raises(ClaimLapsed):
+            rep._hold_claim(SEG)
+    run(loop, work())
+    assert rep.counters["claims_lapsed"] == 1
