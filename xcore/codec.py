@@ -68,28 +68,39 @@ def expect(cond: bool, what: str) -> None:
         raise RemoteProtocolError(what)
 
 
+# The validators below build their error message only on failure: they run
+# several times per datagram, and formatting the message up front was a
+# measurable share of a DHT node's time.
+
 def as_bytes(v: Any, what: str, *, size: int | None = None, max_size: int | None = None) -> bytes:
-    expect(isinstance(v, bytes), f"{what}: expected bytes")
-    if size is not None:
-        expect(len(v) == size, f"{what}: expected {size} bytes")
-    if max_size is not None:
-        expect(len(v) <= max_size, f"{what}: longer than {max_size} bytes")
-    return v  # type: ignore[no-any-return]
+    if not isinstance(v, bytes):
+        raise RemoteProtocolError(f"{what}: expected bytes")
+    if size is not None and len(v) != size:
+        raise RemoteProtocolError(f"{what}: expected {size} bytes")
+    if max_size is not None and len(v) > max_size:
+        raise RemoteProtocolError(f"{what}: longer than {max_size} bytes")
+    return v
 
 
 def as_int(v: Any, what: str, lo: int, hi: int) -> int:
-    expect(isinstance(v, int) and not isinstance(v, bool), f"{what}: expected int")
-    expect(lo <= v <= hi, f"{what}: out of range")
-    return v  # type: ignore[no-any-return]
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise RemoteProtocolError(f"{what}: expected int")
+    if not lo <= v <= hi:
+        raise RemoteProtocolError(f"{what}: out of range")
+    return v
 
 
 def as_str(v: Any, what: str, max_len: int) -> str:
-    expect(isinstance(v, str), f"{what}: expected str")
-    expect(len(v) <= max_len, f"{what}: longer than {max_len}")
-    return v  # type: ignore[no-any-return]
+    if not isinstance(v, str):
+        raise RemoteProtocolError(f"{what}: expected str")
+    if len(v) > max_len:
+        raise RemoteProtocolError(f"{what}: longer than {max_len}")
+    return v
 
 
 def as_list(v: Any, what: str, max_len: int) -> list[Any]:
-    expect(isinstance(v, list), f"{what}: expected list")
-    expect(len(v) <= max_len, f"{what}: more than {max_len} items")
-    return v  # type: ignore[no-any-return]
+    if not isinstance(v, list):
+        raise RemoteProtocolError(f"{what}: expected list")
+    if len(v) > max_len:
+        raise RemoteProtocolError(f"{what}: more than {max_len} items")
+    return v

@@ -181,6 +181,26 @@ def test_join_two_nodes(simnet: SimNetwork) -> None:
     assert b.observed_address is None or b.observed_address == B_ADDR
 
 
+def test_answered_request_needs_no_wake_up_but_a_silent_one_times_out(simnet: SimNetwork) -> None:
+    a, b = two_nodes(simnet)
+    simnet.run_for(3 * CFG.request_timeout)  # the join's requests are past their deadlines
+    maintenance = a.get_timer()
+    assert maintenance is not None and maintenance > simnet.now + CFG.request_timeout
+    op = simnet.call(A_ADDR, lambda now: a.ping(B_ADDR, b.identity.node_id, now))
+    deadline = simnet.now + CFG.request_timeout
+    assert a.get_timer() == min(maintenance, deadline)  # the ping's expiry is armed
+    simnet.run_for(0.5)  # answered (latency <= 80 ms each way)
+    assert op.done and op.error is None
+    assert a.get_timer() == maintenance, "an answered request must not wake the node"
+    # a request nobody answers still expires on time
+    simnet.kill(B_ADDR)
+    op2 = simnet.call(A_ADDR, lambda now: a.ping(B_ADDR, b.identity.node_id, now))
+    deadline2 = simnet.now + CFG.request_timeout
+    assert a.get_timer() == min(maintenance, deadline2)
+    simnet.run(until=deadline2 + 0.001)
+    assert op2.done and op2.error is not None and a.counters.get("timeouts", 0) >= 1
+
+
 def test_join_without_seeds_or_peers_fails(simnet: SimNetwork) -> None:
     a = add_dht_node(simnet, A_ADDR, identity_for(1), CFG, 1)
     op = simnet.call(A_ADDR, lambda now: a.join([], now))

@@ -64,6 +64,14 @@ class ContactInfo:
 
     @classmethod
     def decode(cls, v: Any) -> "ContactInfo":
+        # Fast path for the well-formed contact (a lookup reply carries 20):
+        # exact types as msgpack produces them, the same bounds as below.
+        if type(v) is list and len(v) == 3:
+            pubkey, host, port = v
+            if (type(pubkey) is bytes and len(pubkey) == PUBKEY_BYTES
+                    and type(host) is str and len(host) <= MAX_HOST
+                    and type(port) is int and 1 <= port <= 65535 and _is_ip_literal(host)):
+                return cls(pubkey, host, port)
         v = as_list(v, "contact", 3)
         expect(len(v) == 3, "contact: expected 3 fields")
         host = as_str(v[1], "contact host", MAX_HOST)

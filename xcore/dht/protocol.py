@@ -45,7 +45,7 @@ import hmac
 import heapq
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 from kademlia.node import Node, NodeHeap
 
@@ -105,10 +105,37 @@ class _RateBucket:
     stamp: float
 
 
+class ShortList(NodeHeap):  # type: ignore[misc]
+    """:class:`kademlia.node.NodeHeap` with set membership.
+
+    The stock ``push`` tests ``node not in self``, a scan of the whole heap
+    (hundreds of entries in a lookup) per pushed node; here membership is a
+    set of IDs kept in step with ``push`` and ``remove``.
+    """
+
+    def __init__(self, node: Node, maxsize: int) -> None:
+        super().__init__(node, maxsize)
+        self._ids: set[bytes] = set()
+
+    def push(self, nodes: Node | list[Node]) -> None:
+        for node in nodes if isinstance(nodes, list) else [nodes]:
+            if node.id not in self._ids:
+                self._ids.add(node.id)
+                heapq.heappush(self.heap, (self.node.long_id ^ node.long_id, node))
+
+    def remove(self, peers: list[bytes]) -> None:
+        super().remove(peers)
+        self._ids.difference_update(peers)
+
+    def __contains__(self, node: Node) -> bool:
+        return node.id in self._ids
+
+
 class Lookup:
     """An iterative node or value lookup (paper section 2.3).
 
-    Keeps the ``k`` closest nodes seen in a :class:`kademlia.node.NodeHeap`,
+    Keeps the ``k`` closest nodes seen in a :class:`ShortList` (a
+    :class:`kademlia.node.NodeHeap`),
     queries ``alpha`` at a time, and ends when the ``k`` closest have all
     answered or failed. Hop count: the seeds from our own table are hop 1;
     a node learned from a hop-h answer is hop h+1.
@@ -121,7 +148,7 @@ class Lookup:
         self.find_value = find_value
         self.op = op
         self.k = dht.config.ksize
-        self.shortlist = NodeHeap(Node(target), self.k)
+        self.shortlist = ShortList(Node(target), self.k)
         self.contacts: dict[bytes, Contact] = {}
         self.hop: dict[bytes, int] = {}
         self.in_flight: set[bytes] = set()
@@ -194,7 +221,7 @@ class Lookup:
                 if self.value_hop is None or hop < self.value_hop:
                     self.value_hop = hop
         for info in infos:
-            c = self.dht._contact_from_info(info)
+            c = self.dht._contact_from_info(info, self.contacts)
             if c is not None:
                 self._learn(c, hop + 1)
         self._step(now)
@@ -246,7 +273,9 @@ class DHTNode:
         self.lookup_hops: list[int] = []
         self.observed_address: Address | None = None
         self._out: list[tuple[bytes, Address]] = []
-        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        # (deadline, seq, fn, rid): rid is set for a request's expiry, which
+        # is moot once the answer came (see get_timer)
+        self._timers: list[tuple[float, int, Callable[[float], None], bytes | None]] = []
         self._timer_seq = 0
         self._pending: dict[bytes, _Pending] = {}
         self._seen: dict[tuple[bytes, bytes], float] = {}
@@ -268,12 +297,18 @@ class DHTNode:
         return out
 
     def get_timer(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
+        # Drop expiry timers of requests already answered from the head of
+        # the heap: they would do nothing when due, and each would cost the
+        # adapter a wake-up (most requests are answered, so most would).
+        timers, pending = self._timers, self._pending
+        while timers and timers[0][3] is not None and timers[0][3] not in pending:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
 
     def handle_timer(self, now: float) -> None:
         self._now = now
         while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self._timers)
+            fn = heapq.heappop(self._timers)[2]
             fn(now)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
@@ -454,9 +489,10 @@ class DHTNode:
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
-    def _schedule(self, when: float, fn: Callable[[float], None]) -> None:
+    def _schedule(self, when: float, fn: Callable[[float], None],
+                  rid: bytes | None = None) -> None:
         self._timer_seq += 1
-        heapq.heappush(self._timers, (when, self._timer_seq, fn))
+        heapq.heappush(self._timers, (when, self._timer_seq, fn, rid))
 
     def _send(self, body: Body, rid: bytes, addr: Address, to_id: bytes | None,
               to_pubkey: bytes | None, now: float) -> None:
@@ -499,7 +535,7 @@ class DHTNode:
             if node_id is not None and t - self._last_answer < 4 * self.config.request_timeout:
                 self.routing.failed(node_id, self.config.max_failures)
             p.on_fail(t)
-        self._schedule(deadline, expire)
+        self._schedule(deadline, expire, rid)
 
     def _check_auth(self, msg: Message) -> None:
         data = auth_bytes(msg.payload)
@@ -528,11 +564,16 @@ class DHTNode:
 
     # -- internals: receiving -------------------------------------------------
 
-    def _contact_from_info(self, info: ContactInfo) -> Contact | None:
+    def _contact_from_info(self, info: ContactInfo,
+                           skip: Container[bytes] = ()) -> Contact | None:
+        """The contact ``info`` describes (ours if we hold it); None for a bad
+        key, or for an ID in ``skip`` (a lookup's known nodes: no object to build)."""
         try:
             node_id = check_pubkey(info.pubkey, self.config.difficulty)
         except BadIdentity:
             self._count("dropped_bad_contact")
+            return None
+        if node_id in skip:
             return None
         held = self.routing.get(node_id)
         if held is not None:
@@ -540,7 +581,11 @@ class DHTNode:
         return Contact(node_id, info.host, info.port, info.pubkey)
 
     def _info(self, c: Contact) -> ContactInfo:
-        return ContactInfo(c.pubkey, c.ip, c.port)
+        # a contact's ID, key and address never change: encode it once
+        info = c.wire
+        if not isinstance(info, ContactInfo):
+            info = c.wire = ContactInfo(c.pubkey, c.ip, c.port)
+        return info
 
     def _verify_then_add(self, contact: Contact, now: float) -> None:
         """A signed request may be a replay of someone's first contact, sent
@@ -586,26 +631,19 @@ class DHTNode:
         when the newcomer is among the k closest we know.
         """
         sent = 0
-        own = self.identity.node_id
-        own_long = int.from_bytes(own, "big")
-        new_long = newcomer.long_id
-        contacts = self.routing.all()
+        k = self.config.ksize
+        own_long = int.from_bytes(self.identity.node_id, "big")
         for key in list(self.store.keys()):
             if sent >= self.config.welcome_batch:
                 break
             t = int.from_bytes(key, "big")
-            d_new = new_long ^ t
-            d_own = own_long ^ t
-            closer_than_new = 0
-            we_closest = True
-            for c in contacts:
-                d = c.long_id ^ t
-                if c.id != newcomer.id and d < d_own:
-                    we_closest = False
-                    break
-                if d < d_new:
-                    closer_than_new += 1
-            if not we_closest or closer_than_new >= self.config.ksize:
+            # the k+1 contacts closest to the key: the newcomer must be among
+            # the first k, and the closest other contact farther than us
+            near = self.routing.closest(key, k + 1)
+            if not any(c.id == newcomer.id for c in near[:k]):
+                continue
+            others = [c for c in near[:2] if c.id != newcomer.id]
+            if others and (others[0].long_id ^ t) < (own_long ^ t):
                 continue
             for rec in self.store.get(key, now):
                 self._request(newcomer.address, newcomer.id, newcomer.pubkey,

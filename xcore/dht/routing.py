@@ -22,7 +22,6 @@ paper section 4.1). Replaced from that package, and why:
 from __future__ import annotations
 
 import functools
-import heapq
 import ipaddress
 from typing import Callable
 
@@ -66,6 +65,7 @@ class Contact(Node):  # type: ignore[misc]
         self.failures = 0
         self.last_seen = 0.0
         self.rtt: float | None = None
+        self.wire: object | None = None  # the protocol core's ContactInfo for it, made once
 
     @property
     def address(self) -> tuple[str, int]:
@@ -156,8 +156,11 @@ class RoutingTable:
         g = ip_group(contact.ip)
         if g is None:
             return True
-        if self.table_groups.get(g, 0) >= self.per_table_group:
+        in_table = self.table_groups.get(g, 0)
+        if in_table >= self.per_table_group:
             return False
+        if in_table < self.per_bucket_group:
+            return True  # a bucket holds no more of the group than the table
         return bucket.groups().get(g, 0) < self.per_bucket_group
 
     def _count(self, contact: Contact, delta: int) -> None:
@@ -253,10 +256,31 @@ class RoutingTable:
 
     def closest(self, target: bytes, k: int | None = None,
                 exclude: bytes | None = None) -> list[Contact]:
+        """The ``k`` contacts closest to ``target`` by XOR, closest first.
+
+        Walks the buckets nearest first instead of ranking every contact.
+        Each bucket covers an aligned block of 2**m IDs (buckets only come
+        from halving), and XOR with the target maps an aligned block onto an
+        aligned block of distances, so blocks never interleave: every contact
+        of the bucket with the smaller ``(lo ^ t) >> m << m`` is closer than
+        every contact of the other. Once ``k`` contacts are gathered, farther
+        buckets cannot contribute.
+        """
         k = self.ksize if k is None else k
+        if k <= 0:
+            return []
         t = int.from_bytes(target, "big")
-        return heapq.nsmallest(k, (c for c in self.contacts.values() if c.id != exclude),
-                               key=lambda c: c.long_id ^ t)
+        order = sorted(self.buckets, key=lambda b: (b.range[0] ^ t) & ~(b.range[1] - b.range[0]))
+        found: list[Contact] = []
+        for b in order:
+            if b.nodes:
+                found.extend(b.nodes.values())
+                if len(found) > k or (len(found) == k and exclude is None):
+                    break
+        if exclude is not None:
+            found = [c for c in found if c.id != exclude]
+        found.sort(key=lambda c: c.long_id ^ t)
+        return found[:k]
 
     def all(self) -> list[Contact]:
         return list(self.contacts.values())
