@@ -263,7 +263,14 @@ class NodeService:
                 self.joined = True
                 self.join_error = None
                 return 0
-            raise
+            window = int(self.dht.config.replay_window)
+            stale = self.dht.counters.get("dropped_stale", 0)
+            hint = (f"; {stale} message(s) from peers were dropped as stale: this machine's "
+                    f"clock is probably more than {window} s off"
+                    if stale else
+                    f"; peers also ignore a node whose clock is more than {window} s off")
+            self.join_error = f"none of {len(seeds)} seed(s) answered{hint}"
+            raise NoPeers(f"No peers could be reached: {self.join_error}.") from exc
         self.joined = True
         self.join_error = None
         return n
