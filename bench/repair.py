@@ -206,7 +206,8 @@ def bench_devnet(nodes: int, size_mib: int, kill: int, rounds: int, grace: float
         return {"nodes": nodes, "size_mib": size_mib, "segments": len(segs), "rounds": out_rounds}
     finally:
         down(top)
-        shutil.rmtree(top, ignore_errors=True)
+        if not os.environ.get("XCORE_BENCH_KEEP"):
+            shutil.rmtree(top, ignore_errors=True)
 
 
 # -- part 2: churn in the protocol simulator --------------------------------------------

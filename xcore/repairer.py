@@ -261,6 +261,12 @@ class Repairer:
         (whose claims count, see RepairPlanner.decide)."""
         own = self.svc.identity.node_id
         alive = {h for hs in live.values() for h in hs}
+        if sum(1 for hs in live.values() if hs) < info.k:
+            # Fewer than k shares answered us: no repair can succeed from
+            # here (our probes may have missed busy holders), so neither claim
+            # nor download; a holder that sees k answers will lead.
+            self._count("repairs_short_of_k")
+            return None
         if not await self._claim(info, alive | (standing or set())):
             self._count("claims_lost")
             return None

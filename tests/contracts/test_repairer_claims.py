@@ -139,3 +139,20 @@ def test_a_leader_stalled_past_its_claim_stops_at_the_next_step() -> None:
             rep._hold_claim(SEG)
     run(loop, work())
     assert rep.counters["claims_lapsed"] == 1
+
+
+def test_a_holder_that_hears_fewer_than_k_shares_neither_claims_nor_downloads() -> None:
+    """Seen on a busy devnet (bench/repair.py): a holder whose probes missed two
+    live holders thought 5 of 8 shares gone, claimed the segment and downloaded
+    2 shares before giving up ("only 3 of 4 shares could be fetched"), while
+    the rightful leader, which heard enough holders, repaired it."""
+    rep, dht, loop = make_repairer()
+    me = rep.svc.identity.node_id
+    others = [Identity.generate(2, random.Random(s).randbytes).node_id for s in (50, 51)]
+    live = {0: [me], 4: [others[0]], 7: [others[1]]}  # 3 < k = 4 answered
+    ev = run(loop, rep.repair(b"", SEG, [1, 2, 3, 5, 6], live,
+                              {o: "127.0.0.1:9" for o in others}))
+    assert ev is None
+    assert dht.published == []  # no claim
+    assert rep.counters["repairs_short_of_k"] == 1
+    assert not rep.active
