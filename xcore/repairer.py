@@ -180,11 +180,14 @@ class Repairer:
             if not ok:
                 self._loc_cache.pop(info.shares[i], None)  # look again next round
         d = self.planner.decide(info.segment_id, info.n, info.threshold, holders, now)
+        action = d.action
+        if action == "repair" and sum(1 for hs in d.live_holders.values() if hs) < info.k:
+            action = "wait: fewer than k shares answered"  # repair() would refuse it
         self.status[info.segment_id.hex()] = {
             "segment": info.segment_id.hex(), "k": info.k, "n": info.n,
             "threshold": info.threshold, "healthy": len(d.healthy), "missing": d.missing,
             "grace": d.grace,
-            "action": d.action, "leader": d.leader.hex() if d.leader else None,
+            "action": action, "leader": d.leader.hex() if d.leader else None,
             "checked": now}
         if d.action != "repair":
             return
