@@ -59,7 +59,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `xcore` impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
-    baselines, format_baselines, format_machine, human, log, machine_info,
+    baselines, format_baselines, format_machine, human, log, machine_info, rate,
 )
 from xcore.contracts.audit import (  # noqa: E402
     DEFAULT_INDICES, MAX_INDICES, Answer, Challenge, answer_challenge, attest,
@@ -88,32 +88,7 @@ def cpu_rate(fn: Callable[[], Any], *, seconds: float = 0.3, repeats: int = 3) -
     thread spends descheduled on a shared machine does not count: on a busy box the
     wall-time figures moved by 10x between runs, these much less.
     """
-    n = 1
-    while True:
-        t0 = time.thread_time()
-        for _ in range(n):
-            fn()
-        if time.thread_time() - t0 >= seconds / 10 or n >= 1 << 24:
-            break
-        n *= 2
-    best = 0.0
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            done, t0 = 0, time.thread_time()
-            while True:
-                for _ in range(n):
-                    fn()
-                done += n
-                dt = time.thread_time() - t0
-                if dt >= seconds:
-                    break
-            best = max(best, done / dt)
-    finally:
-        if gc_was:
-            gc.enable()
-    return best
+    return rate(fn, seconds=seconds, repeats=repeats, clock=time.thread_time)
 
 
 def cpu_baselines(secs: float, reps: int) -> dict[str, float]:

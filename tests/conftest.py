@@ -8,6 +8,8 @@ uses the global ``random`` or a real port.
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -15,6 +17,12 @@ import pytest
 from xcore.crypto.identity import Identity
 from xcore.dht.protocol import DHTConfig, DHTNode
 from xcore.net.sim import SimNetwork
+
+# The repository root on sys.path: test modules import shared helpers as
+# ``tests.procs``, ``tests.netns.harness`` however pytest was started.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 Address = tuple[str, int]
 

@@ -29,6 +29,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.procs import alive, processes_under
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,31 +72,6 @@ def one_line_error(r: subprocess.CompletedProcess[str], pattern: str) -> None:
     lines = r.stderr.splitlines()
     assert len(lines) == 1, r.stderr
     assert re.match(rf"error: .*{pattern}", lines[0]), lines[0]
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def processes_under(directory: Path) -> list[int]:
-    """Live processes with an argument inside ``directory`` (the devnet's nodes)."""
-    prefix = str(directory)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            args = [a.decode(errors="replace")
-                    for a in (entry / "cmdline").read_bytes().split(b"\0")]
-        except OSError:
-            continue
-        if any(a == prefix or a.startswith(prefix + "/") for a in args) and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 @dataclass

@@ -51,6 +51,8 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
 
+from tests.procs import alive, processes_under
+
 from xcore.contracts.audit import (
     Attestation, Challenge, Evidence, attest, attest_key, classify_attestation,
     make_attest_record, parse_attest_record, verify_answer, verify_attestation,
@@ -96,31 +98,6 @@ def ok(*args: str, timeout: float = 120.0) -> str:
 
 def ok_json(*args: str, timeout: float = 120.0) -> Any:
     return json.loads(ok(*args, "--json", timeout=timeout))
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def processes_under(directory: Path) -> list[int]:
-    """Live processes with an argument inside ``directory`` (our node processes)."""
-    prefix = str(directory)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        args = [a.decode(errors="replace") for a in argv]
-        if any(a == prefix or a.startswith(prefix + "/") for a in args) and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 # -- the devnet -------------------------------------------------------------------

@@ -28,6 +28,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.procs import alive
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,14 +65,6 @@ def plaintext() -> bytes:
     line = PREFIX + b"%08d\n"  # 33 bytes: any 57-byte window holds a whole PREFIX
     n = SIZE // len(line % 0) + 1
     return b"".join(line % i for i in range(n))[:SIZE]
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def share_count(node_dir: Path) -> int:

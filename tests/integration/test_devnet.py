@@ -27,6 +27,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.procs import processes_under
+
 from xcore.codec import unpack_bounded
 from xcore.control import call
 from xcore.crypto.identity import Identity, puzzle_ok
@@ -80,23 +82,6 @@ def wait_dead(pid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def processes_under(directory: Path) -> list[int]:
-    """Live processes with an argument inside ``directory`` (our node processes)."""
-    prefix = str(directory)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        args = [a.decode(errors="replace") for a in argv]
-        if any(a == prefix or a.startswith(prefix + "/") for a in args) and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def status(data: Path) -> dict[str, Any]:

@@ -46,6 +46,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.procs import alive, processes_under
+
 from xcore.contracts.segments import SegmentInfo, decode_segment_record
 from xcore.control import call, is_running
 from xcore.devnet import spawn, wait_joined
@@ -79,31 +81,6 @@ def ok_json(*args: str, timeout: float = 60.0) -> Any:
     r = xcore(*args, "--json", timeout=timeout)
     assert r.returncode == 0, f"xcore {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
     return json.loads(r.stdout)
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def processes_under(directory: Path) -> list[int]:
-    """Live processes with an argument inside ``directory`` (our node processes)."""
-    prefix = str(directory)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        args = [a.decode(errors="replace") for a in argv]
-        if any(a == prefix or a.startswith(prefix + "/") for a in args) and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def tracebacks(log: str) -> str:
