@@ -3,20 +3,26 @@
 put: plaintext is read a segment at a time (k x 2 MiB), encrypted with
 AES-256-CTR under a per-file key (HKDF of the owner's master secret and a
 random file ID), erasure-coded into n shares (zfec), each share hashed
-(SHA-256 names it; a Merkle root over its 64 KiB blocks is kept for audits)
-and uploaded to its own host, chosen by :mod:`xcore.contracts.selection`.
-Failed uploads move to another host (long tail). Two segments are in flight
-at once, so memory stays bounded (about 2 x (k + n) x 2 MiB) whatever the
-file size. The manifest (name, size, segments, share hashes and hosts) is
-sealed with the owner's key, stored mirrored on three hosts, and listed in the
-owner's index, itself a sealed blob that a signed DHT record points to.
+(SHA-256 names it; a Merkle root over its 1 KiB audit blocks goes into its
+storage contract) and uploaded to its own host, chosen by
+:mod:`xcore.contracts.selection`. Encoding and hashing run in a worker thread
+(zfec and SHA-256 of whole shares release the GIL), so the next segment is
+prepared while the last one uploads. Failed uploads move to another host
+(long tail). Three segments are in flight at once, so memory stays bounded
+(about 3 x (k + n) x 2 MiB) whatever the file size. The manifest (name,
+size, segments, share hashes and hosts) is sealed with the owner's key,
+stored mirrored on several hosts, and listed in the owner's index, itself a
+sealed blob that a signed DHT record points to.
 
-get: the manifest is fetched and opened, then for each segment k + 1 shares
-are requested in parallel from their hosts (fastest first); every share is
-checked against its SHA-256; a failure or mismatch counts against that host
-and the next holder is tried (including holders found through ``loc``
-records). k good shares are decoded, decrypted and appended to a temporary
-file that is renamed over the output only when complete.
+get: the manifest is fetched and opened, then for each segment k shares
+are requested in parallel from their hosts (fewest failures and fastest
+first); if they have not all arrived after ``hedge_after`` seconds, one more
+is requested from another holder. Every share is checked against its
+SHA-256; a failure or mismatch counts against that host and the next holder
+is tried (including holders found through ``loc`` records). k good shares
+are decoded, decrypted and appended to a temporary file (in a worker thread,
+while the next segments download) that is renamed over the output only when
+complete.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from xcore.errors import (
     CapacityExceeded, LookupFailed, NotEnoughShares, NotFound, ShareCorrupted, XcoreError,
 )
 from xcore.shard.erasure import Redundancy, decode_segment, encode_segment, segment_size
-from xcore.net.streams import TCP
+from xcore.net.streams import TCP, run_blocking
 from xcore.shard.transfer import Grant, HostConnection
 
 GRANT_TERM = 365 * 24 * 3600
@@ -78,14 +84,22 @@ class Client:
 
     def __init__(self, svc: Any, keys: OwnerKeys, *, rng: random.Random | None = None,
                  token_bytes: Callable[[int], bytes] | None = None,
-                 parallel_segments: int = 2, timeout: float = 30.0) -> None:
+                 parallel_segments: int = 3, timeout: float = 30.0,
+                 hedge_after: float = 1.0) -> None:
         self.svc = svc
         self.keys = keys
         env = getattr(svc, "env", None)
         self.rng = rng or (env.rng if env is not None else random.SystemRandom())
         self.token_bytes = token_bytes or (env.token_bytes if env is not None else os.urandom)
+        # CPU work on whole segments (zfec, SHA-256, Merkle roots) runs in a
+        # worker thread on a real loop, inline in a simulation
+        self.threads = bool(getattr(env, "threads", True)) if env is not None else True
         self.streams = getattr(svc, "streams", None) or TCP
         self.parallel_segments = parallel_segments
+        # a segment's k downloads that have not all finished after this many
+        # seconds get one more, from another holder (hedged request)
+        self.hedge_after = hedge_after
+        self.hedged_downloads = 0
         self.timeout = timeout
         self.stats = HostStats()
         self._conns: dict[bytes, HostConnection] = {}
@@ -179,7 +193,7 @@ class Client:
     async def _download(self, host_id: bytes, addr: tuple[str, int], share_hash: bytes) -> bytes:
         conn = await self.connect(host_id, addr)
         data = await conn.get_share(share_hash)
-        if hashlib.sha256(data).digest() != share_hash:
+        if await run_blocking(_sha256, data, threads=self.threads) != share_hash:
             raise ShareCorrupted(f"share {share_hash.hex()[:16]} from {addr[0]}:{addr[1]} is corrupt")
         return data
 
@@ -344,8 +358,8 @@ class Client:
 
         async def upload_segment(index: int, ciphertext: bytes) -> None:
             try:
-                shares = encode_segment(ciphertext, red)
-                hashes = [hashlib.sha256(sh).digest() for sh in shares]
+                shares, hashes, roots = await run_blocking(prepare_segment, ciphertext, red,
+                                                           threads=self.threads)
                 seg_rec = make_segment_record(self.keys.signing, hashes, red.k, red.n,
                                               len(ciphertext), int(self.now()) + GRANT_TERM,
                                               REPAIR_PRICE_CAP, self.now())
@@ -358,8 +372,7 @@ class Client:
                                       reputation=self.reputation)
 
                 async def one(i: int, data: bytes, first: HostInfo | None) -> None:
-                    h = hashes[i]
-                    root = share_merkle_root(data)  # 1 KiB audit blocks, as in the contract
+                    h, root = hashes[i], roots[i]
                     host: HostInfo | None = None
                     first_error: Exception | None = None
                     if first is not None:
@@ -465,9 +478,10 @@ class Client:
                 return True
             return False
 
+        hedged = False  # one download beyond k, once the first k are slow
         try:
             while len(good) < red.k:
-                while len(running) < red.k + 1 - len(good) and launch():
+                while len(running) < red.k + hedged - len(good) and launch():
                     pass
                 if not running:
                     # exhausted the manifest's hosts: ask the DHT who holds what is missing
@@ -480,7 +494,13 @@ class Client:
                         for host_id, addr in holders:
                             queue.append((s, host_id, addr))
                     continue
-                finished, _ = await asyncio.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
+                finished, _ = await asyncio.wait(
+                    list(running), return_when=asyncio.FIRST_COMPLETED,
+                    timeout=None if hedged else self.hedge_after)
+                if not finished:
+                    hedged = True
+                    self.hedged_downloads += 1
+                    continue
                 for task in finished:
                     ref, host_id = running.pop(task)
                     try:
@@ -495,7 +515,7 @@ class Client:
                 await asyncio.gather(*running, return_exceptions=True)
         if len(good) < red.k:
             raise NotEnoughShares(f"segment {seg.index}: only {len(good)} of {red.k} shares could be fetched")
-        return decode_segment(good, red, seg.length)
+        return await run_blocking(decode_segment, good, red, seg.length, threads=self.threads)
 
     async def get(self, file_id: bytes, out: Path, progress: Progress | None = None) -> dict[str, Any]:
         started = self.now()
@@ -515,17 +535,28 @@ class Client:
                 for i in range(min(self.parallel_segments, len(segs))):
                     pending.append(asyncio.create_task(self.fetch_segment(segs[i], red)))
                 nxt = len(pending)
-                while pending:
-                    cipher = await pending.pop(0)
-                    if nxt < len(segs):
-                        pending.append(asyncio.create_task(self.fetch_segment(segs[nxt], red)))
-                        nxt += 1
+
+                def emit(cipher: bytes) -> int:
                     plain = ctr.update(cipher)
                     f.write(plain)
                     digest.update(plain)
-                    written += len(plain)
-                    if progress:
-                        progress({"op": "get", "done": written, "total": man.size})
+                    return len(plain)
+
+                try:
+                    while pending:
+                        cipher = await pending.pop(0)
+                        if nxt < len(segs):
+                            pending.append(asyncio.create_task(self.fetch_segment(segs[nxt], red)))
+                            nxt += 1
+                        # decrypt, write and hash in a thread while the next segments arrive
+                        written += await run_blocking(emit, cipher, threads=self.threads)
+                        if progress:
+                            progress({"op": "get", "done": written, "total": man.size})
+                finally:
+                    for task in pending:
+                        task.cancel()
+                    if pending:
+                        await asyncio.gather(*pending, return_exceptions=True)
                 f.flush()
                 os.fsync(f.fileno())
             if written != man.size:
@@ -565,6 +596,24 @@ class Client:
         deleted = sum(counts)
         deleted += await self._delete_everywhere(entry.manifest_hash, entry.manifest_hosts)
         return {"file_id": file_id.hex(), "name": entry.name, "shares_deleted": deleted}
+
+
+def prepare_segment(ciphertext: bytes, red: Redundancy
+                    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """A segment's shares, their SHA-256 names and the Merkle roots of their
+    1 KiB audit blocks (as in the contract). zfec and SHA-256 of whole shares
+    release the GIL, so on a real loop this runs beside the transfers."""
+    shares = encode_segment(ciphertext, red)
+    hashes = [hashlib.sha256(sh).digest() for sh in shares]
+    roots: dict[bytes, bytes] = {}  # mirrors (k = 1) are n copies of one share
+    for h, sh in zip(hashes, shares):
+        if h not in roots:
+            roots[h] = share_merkle_root(sh)
+    return shares, hashes, [roots[h] for h in hashes]
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def parse_file_id(text: str) -> bytes:

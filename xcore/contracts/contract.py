@@ -45,7 +45,7 @@ from typing import Any
 
 from xcore.codec import as_bytes, as_int, as_list, canonical, expect, pack, unpack_bounded
 from xcore.crypto.identity import ID_BYTES, PUBKEY_BYTES, SIG_BYTES, Identity, node_id_of, verify
-from xcore.crypto.merkle import MerkleTree, block_count
+from xcore.crypto.merkle import MerkleTree, block_count, buffer_root
 from xcore.dht.records import KindSpec, Record, dht_key, register_kind
 from xcore.errors import (
     BadIdentity, BadSignature, LocalProtocolError, RecordRejected, RemoteProtocolError,
@@ -64,19 +64,14 @@ CONTRACT_GRACE = 35 * 24 * 3600  # a record may outlive its term by a payout per
 _BODY_FIELDS = 13
 
 
-def share_merkle_root(data: bytes) -> bytes:
+def share_merkle_root(data: bytes | bytearray | memoryview) -> bytes:
     """The Merkle root of ``data`` cut into :data:`AUDIT_BLOCK`-byte blocks."""
-    return MerkleTree.from_blocks(_blocks(data)).root
+    return buffer_root(data, AUDIT_BLOCK)
 
 
-def share_tree(data: bytes) -> MerkleTree:
+def share_tree(data: bytes | bytearray | memoryview) -> MerkleTree:
     """The whole Merkle tree of ``data`` over :data:`AUDIT_BLOCK`-byte blocks (for proofs)."""
-    return MerkleTree.from_blocks(_blocks(data))
-
-
-def _blocks(data: bytes) -> list[bytes]:
-    mv = memoryview(data)
-    return [bytes(mv[i:i + AUDIT_BLOCK]) for i in range(0, len(data), AUDIT_BLOCK)]
+    return MerkleTree.from_buffer(data, AUDIT_BLOCK)
 
 
 def leaf_count_of(size: int) -> int:

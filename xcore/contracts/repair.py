@@ -12,6 +12,11 @@ authenticated transfer protocol) and feeds the answers to a
 * A share index is *healthy* while one of its holders answered recently, or
   has been failing for less than the grace period (transient churn must not
   cause repair storms: lazy repair).
+* Mirrors (``k = 1``: metadata blobs, ``1/n`` files) list the same share
+  hash n times, so holders are counted per hash, not per index: each
+  distinct holder of the hash is one copy, and n copies need n distinct
+  holders (``groups`` in :meth:`RepairPlanner.decide`). A copy-less index
+  of a mirrored segment is a missing copy, regenerated like a lost share.
 * When fewer than ``threshold = k + ceil((n-k)/3)`` indices are healthy, the
   segment needs repair. Its *leader* is the holder whose node ID is closest
   (XOR) to the segment ID among those that answer or are still within their
@@ -30,8 +35,8 @@ authenticated transfer protocol) and feeds the answers to a
   bit-for-bit with zfec (ciphertext only, no key), checks each against the
   hash the owner signed, and places it on a new host chosen by the selection
   rules, sending the segment record as the owner's repair authorisation.
-  Before placing a share it checks again that nobody holds it, so no share is
-  placed twice.
+  Before placing a share it checks again that nobody holds it (for a
+  mirror: that fewer than its n copies answer), so no share is placed twice.
 * Repair bandwidth per node is bounded (a token bucket) and failed repairs
   back off exponentially.
 """
@@ -146,30 +151,50 @@ class RepairPlanner:
         return "grace" if now - p.first_fail < self.grace else "gone"
 
     def decide(self, seg_id: bytes, n: int, threshold: int,
-               holders: dict[int, list[bytes]], now: float) -> Decision:
+               holders: dict[int, list[bytes]], now: float,
+               groups: list[list[int]] | None = None) -> Decision:
         """``holders[i]``: node IDs believed to hold share ``i`` (from loc
-        records and our own store)."""
+        records and our own store).
+
+        ``groups``: indices that name the same share hash, each in index
+        order (:attr:`SegmentInfo.groups`); default, every index alone. A
+        group of m indices is m *copies* (mirrors, ``k = 1``): each distinct
+        holder of its hash is one copy, so m copies need m holders. Holders
+        of a group are listed, and observed, under its first index."""
+        if groups is None:
+            groups = [[i] for i in range(n)]
         healthy: list[int] = []
         missing: list[int] = []
         grace: list[int] = []
         standing: set[bytes] = set()
         live: dict[int, list[bytes]] = {}
-        for i in range(n):
-            states = {h: self._holder_state(seg_id, i, h, now) for h in holders.get(i, [])}
-            live[i] = sorted(h for h, s in states.items() if s == "live")
+        for group in groups:
+            first = group[0]
+            listed = list(dict.fromkeys(h for i in group for h in holders.get(i, [])))
+            states = {h: self._holder_state(seg_id, first, h, now) for h in listed}
+            answered = sorted(h for h, s in states.items() if s == "live")
+            in_grace = sum(1 for s in states.values() if s == "grace")
             standing.update(h for h, s in states.items() if s in ("live", "grace"))
-            if live[i] or any(s in ("grace", "unknown") for s in states.values()):
-                healthy.append(i)
-                if not live[i] and "grace" in states.values():
-                    grace.append(i)
-                self.unknown_since.pop((seg_id, i), None)
-                continue
-            # nobody (alive) holds it: lazy, so only after the grace period
-            since = self.unknown_since.setdefault((seg_id, i), now)
-            if states or now - since >= self.grace:
-                missing.append(i)
-            else:
-                healthy.append(i)
+            # copies that count: answered, failing within the grace period, or not probed yet
+            held = sum(1 for s in states.values() if s != "gone")
+            for j, i in enumerate(group):  # index i stands for the group's j-th copy
+                live[i] = answered[j::len(group)]
+                if j < held:
+                    healthy.append(i)
+                    if len(answered) <= j < len(answered) + in_grace:
+                        grace.append(i)
+                    self.unknown_since.pop((seg_id, i), None)
+                    continue
+                # nobody (alive) holds this copy: lazy, so only after the grace period,
+                # unless a holder of it was seen and is gone
+                since = self.unknown_since.setdefault((seg_id, i), now)
+                if j < len(states) or now - since >= self.grace:
+                    missing.append(i)
+                else:
+                    healthy.append(i)
+        healthy.sort()
+        missing.sort()
+        grace.sort()
         # a holder within its grace period may still be at work: it keeps the
         # lead, or a leader slow to answer one probe would be pre-empted mid-repair
         seg_int = int.from_bytes(seg_id, "big")

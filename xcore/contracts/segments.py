@@ -18,6 +18,11 @@ The record is also the owner's *repair authorisation*: a host that receives
 a regenerated share together with this record (signed by the owner, not
 expired, listing that share hash) may keep it until ``until`` for that owner,
 exactly as if the owner had granted it directly.
+
+Metadata blobs (sealed manifests, the owner's sealed index) are segments
+too: mirrored, ``k = 1`` and ``n`` copies, so ``shares`` lists the blob's
+hash ``n`` times (:attr:`SegmentInfo.groups`). They are watched and
+repaired like data.
 """
 
 from __future__ import annotations
@@ -57,6 +62,17 @@ class SegmentInfo:
 
     def index_of(self, share_hash: bytes) -> int:
         return self.shares.index(share_hash)
+
+    @property
+    def groups(self) -> list[list[int]]:
+        """Share indices grouped by share hash, in index order: ``[[0], [1],
+        ...]`` when every share differs (erasure coding), one group of all
+        ``n`` for mirrors (``k = 1``: the n shares are the same bytes, so every
+        holder of the hash holds one copy, and n copies need n holders)."""
+        by_hash: dict[bytes, list[int]] = {}
+        for i, h in enumerate(self.shares):
+            by_hash.setdefault(h, []).append(i)
+        return list(by_hash.values())
 
 
 def parse_segment(rec: Record) -> SegmentInfo:
