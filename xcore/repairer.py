@@ -157,8 +157,12 @@ class Repairer:
         holders: dict[int, list[bytes]] = {}
         addrs: dict[bytes, str] = {}
         probes = []
-        located = await asyncio.gather(*(self._holders(h) for h in info.shares))
-        for i, (h, found) in enumerate(zip(info.shares, located)):
+        # one entry per distinct share hash, under its first index: the n
+        # indices of a mirror (k = 1) are copies of one share
+        groups = info.groups
+        located = await asyncio.gather(*(self._holders(info.shares[g[0]]) for g in groups))
+        for g, found in zip(groups, located):
+            i, h = g[0], info.shares[g[0]]
             ids = []
             if self.svc.host.store.has(h):
                 ids.append(own)
@@ -179,7 +183,7 @@ class Repairer:
             self.planner.observe(info.segment_id, i, hid, ok, now)
             if not ok:
                 self._loc_cache.pop(info.shares[i], None)  # look again next round
-        d = self.planner.decide(info.segment_id, info.n, info.threshold, holders, now)
+        d = self.planner.decide(info.segment_id, info.n, info.threshold, holders, now, groups)
         action = d.action
         if action == "repair" and sum(1 for hs in d.live_holders.values() if hs) < info.k:
             action = "wait: fewer than k shares answered"  # repair() would refuse it
@@ -310,13 +314,17 @@ class Repairer:
                 raise NotEnoughShares(f"only {len(good)} of {info.k} shares could be fetched")
             regenerated = regenerate(good, red, missing)
             progress["phase"] = "placing"
+            wanted = list(dict.fromkeys(info.shares[i] for i in missing))
             hosts, again = await asyncio.gather(
                 self._candidates(),
-                asyncio.gather(*(self._holders(info.shares[i], fresh=True) for i in missing)))
+                asyncio.gather(*(self._holders(h, fresh=True) for h in wanted)))
+            holders_of = dict(zip(wanted, again))
+            placed_of: dict[bytes, set[bytes]] = {}
             # no host gets two shares of the segment: avoid every holder we know of
             holders_now = set(alive) | set(addrs) | (standing or set())
-            for i, holders_of_i in zip(missing, again):
+            for i in missing:
                 data = regenerated[i]
+                holders_of_i = holders_of[info.shares[i]]
                 if hashlib.sha256(data).digest() != info.shares[i]:
                     raise NotEnoughShares(f"regenerated share {i} does not match its hash")
                 # pace first, then check, then place: a check made before a wait
@@ -326,14 +334,20 @@ class Repairer:
                 # never place a share twice: someone may have repaired it meanwhile
                 # (holders already judged gone are not asked again: a dead host
                 # can take the whole connection timeout to fail once more)
+                # (a mirror's share is placed until its n copies answer)
                 gone = set(addrs) - (standing if standing is not None else alive)
+                asked = [(hid, a) for hid, a in holders_of_i if hid not in gone and hid != own]
                 found = await asyncio.gather(*(self._probe(hid, a, info.shares[i])
-                                               for hid, a in holders_of_i if hid not in gone))
-                if any(found):
+                                               for hid, a in asked))
+                have = {hid for (hid, _), ok in zip(asked, found) if ok}
+                have |= placed_of.get(info.shares[i], set())
+                if self.svc.host.store.has(info.shares[i]):
+                    have.add(own)
+                if len(have) >= info.shares.count(info.shares[i]):
                     self._count("already_repaired")
                     continue
                 placed = False
-                avoid = set(holders_now) | {own}
+                avoid = set(holders_now) | {own} | {hid for hid, _ in holders_of_i}
                 for _ in range(8):
                     pick = select_hosts(hosts, 1, rng=self.rng, now=self.svc.clock(),
                                         need_bytes=len(data), exclude=avoid)
@@ -354,6 +368,7 @@ class Repairer:
                     ev.bytes_up += len(data)
                     ev.placed[str(i)] = target.node_id.hex()
                     holders_now.add(target.node_id)
+                    placed_of.setdefault(info.shares[i], set()).add(target.node_id)
                     self._loc_cache.pop(info.shares[i], None)
                     placed = True
                     break

@@ -144,3 +144,110 @@ def test_the_status_names_the_shares_held_up_only_by_the_grace_period() -> None:
     observe_all(p, 10.0, {2, 5})
     d = p.decide(SEG, N, THRESHOLD, holders(), 20.0)
     assert d.action == "healthy" and d.grace == [2, 5] and d.missing == []
+
+
+# -- mirrors (k = 1: metadata blobs, 1/n files): n copies of one share hash -----------------
+
+M_N, M_THRESHOLD = 5, 3  # 1/5: threshold 1 + ceil(4/3)
+M = [bytes([0x40 + i]) * 20 for i in range(M_N)]  # holder i holds one copy
+MIRROR = [list(range(M_N))]  # one group: every index names the same hash
+
+
+def mirror_holders(listed: int = M_N) -> dict[int, list[bytes]]:
+    """As the repairer passes them: every holder of the hash under the group's first index."""
+    return {0: M[:listed]}
+
+
+def observe_mirrors(p: RepairPlanner, now: float, dead: set[int] = frozenset(),  # type: ignore[assignment]
+                    listed: int = M_N) -> None:
+    for i in range(listed):
+        p.observe(SEG, 0, M[i], i not in dead, now)
+
+
+def test_a_mirror_with_every_copy_answering_is_healthy() -> None:
+    p = RepairPlanner(M[0], 60.0)
+    observe_mirrors(p, 0.0)
+    d = p.decide(SEG, M_N, M_THRESHOLD, mirror_holders(), 0.0, MIRROR)
+    assert d.action == "healthy" and d.healthy == list(range(M_N)) and d.missing == []
+    # every copy stands for one index, and every live holder is listed once
+    assert sorted(h for hs in d.live_holders.values() for h in hs) == M
+    assert all(len(hs) == 1 for hs in d.live_holders.values())
+
+
+def test_a_mirror_that_lost_copies_is_not_healthy_because_one_copy_answers() -> None:
+    """Indices are copies, not distinct shares: per index, 'some holder of
+    this hash answered' is true while a single copy is left, so without
+    groups the planner would never repair a mirror."""
+    dead = {1, 2, 3}
+    decisions = {}
+    for own in range(M_N):
+        p = RepairPlanner(M[own], 60.0)
+        observe_mirrors(p, 0.0)
+        observe_mirrors(p, 10.0, dead)
+        observe_mirrors(p, 80.0, dead)
+        decisions[own] = p.decide(SEG, M_N, M_THRESHOLD, mirror_holders(), 80.0, MIRROR)
+    # the old rule: every holder of the hash listed (and probed) under every index
+    old = RepairPlanner(M[0], 60.0)
+    for t, gone in ((0.0, set()), (10.0, dead), (80.0, dead)):
+        for i in range(M_N):
+            for j in range(M_N):
+                old.observe(SEG, i, M[j], j not in gone, t)
+    assert old.decide(SEG, M_N, M_THRESHOLD, {i: M for i in range(M_N)}, 80.0).action == "healthy"
+    leader = min((M[i] for i in (0, 4)), key=lambda h: int.from_bytes(h, "big"))
+    for own in (0, 4):
+        d = decisions[own]
+        assert d.healthy == [0, 1] and d.missing == [2, 3, 4]  # 2 copies left, 3 to place
+        assert d.leader == leader and d.candidates == sorted([M[0], M[4]])
+        assert d.action == ("repair" if M[own] == leader else "follow")
+        assert sorted(h for hs in d.live_holders.values() for h in hs) == [M[0], M[4]]
+        assert sum(1 for hs in d.live_holders.values() if hs) == 2
+
+
+def test_a_mirror_above_its_threshold_waits_and_lost_copies_count_only_after_grace() -> None:
+    p = RepairPlanner(M[0], 60.0)
+    observe_mirrors(p, 0.0)
+    observe_mirrors(p, 10.0, {1, 2, 3})
+    d = p.decide(SEG, M_N, M_THRESHOLD, mirror_holders(), 30.0, MIRROR)
+    assert d.action == "healthy" and d.missing == [] and d.grace == [2, 3, 4]
+    observe_mirrors(p, 100.0, {1, 2})  # holder 3 came back; 1 and 2 are gone
+    d = p.decide(SEG, M_N, M_THRESHOLD, mirror_holders(), 100.0, MIRROR)
+    assert d.action == "degraded" and d.missing == [3, 4] and d.grace == []
+
+
+def test_copies_nobody_lists_are_missing_only_after_the_grace_period() -> None:
+    """Fewer holders than copies are known (an upload short of hosts, or loc
+    records that expired): the copies without a holder wait, as an index
+    without holders does (lazy repair), then are missing."""
+    p = RepairPlanner(M[0], 60.0)
+    observe_mirrors(p, 0.0, listed=2)
+    d = p.decide(SEG, M_N, M_THRESHOLD, mirror_holders(2), 0.0, MIRROR)
+    assert d.action == "healthy" and d.missing == []
+    observe_mirrors(p, 70.0, listed=2)
+    d = p.decide(SEG, M_N, M_THRESHOLD, mirror_holders(2), 70.0, MIRROR)
+    assert d.action == "repair" and d.missing == [2, 3, 4] and d.healthy == [0, 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(st.integers(0, M_N - 1), max_size=M_N), st.floats(0, 1000))
+def test_a_mirror_misses_exactly_its_dead_copies_after_grace(dead: set[int], gap: float) -> None:
+    p = RepairPlanner(M[0], 100.0)
+    observe_mirrors(p, 0.0)
+    observe_mirrors(p, 1.0, dead)
+    d = p.decide(SEG, M_N, M_THRESHOLD, mirror_holders(), 1.0 + gap, MIRROR)
+    lost = len(dead) if gap >= 100.0 else 0
+    assert d.missing == list(range(M_N - lost, M_N))
+    assert len(d.healthy) == M_N - lost
+    alive = sorted(M[i] for i in range(M_N) if i not in dead)
+    assert sorted(h for hs in d.live_holders.values() for h in hs) == alive
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(st.integers(0, N - 1), max_size=N), st.floats(0, 200), st.integers(0, N - 1))
+def test_singleton_groups_decide_as_without_groups(dead: set[int], gap: float, own: int) -> None:
+    a, b = planner(own, grace=60.0), planner(own, grace=60.0)
+    for p in (a, b):
+        observe_all(p, 0.0)
+        observe_all(p, 1.0, dead)
+    da = a.decide(SEG, N, THRESHOLD, holders(), 1.0 + gap)
+    db = b.decide(SEG, N, THRESHOLD, holders(), 1.0 + gap, [[i] for i in range(N)])
+    assert da == db

@@ -156,3 +156,60 @@ def test_a_holder_that_hears_fewer_than_k_shares_neither_claims_nor_downloads() 
     assert dht.published == []  # no claim
     assert rep.counters["repairs_short_of_k"] == 1
     assert not rep.active
+
+
+def test_a_mirror_is_watched_per_copy_and_its_lost_copies_go_to_repair() -> None:
+    """A mirrored segment (k = 1: a metadata blob) lists one hash n times: its
+    holders are looked up and probed once each, not once per index, and the
+    copies lost past the grace period are what the leader repairs."""
+    from xcore.contracts.segments import segment_id
+    rep, dht, loop = make_repairer()  # grace 8 s
+    me = rep.svc.identity.node_id
+    share = bytes([7]) * 32
+    info = SegmentInfo(segment_id([share] * 5), 1, 5, 1000, (share,) * 5, int(T0) + 86400, 1,
+                       bytes(32))
+    seg_int = int.from_bytes(info.segment_id, "big")
+    farther = [o.node_id for o in (Identity.generate(2, random.Random(s).randbytes)
+                                   for s in range(60, 120))
+               if int.from_bytes(o.node_id, "big") ^ seg_int > int.from_bytes(me, "big") ^ seg_int]
+    others = farther[:4]  # so that this node leads
+    dead = set(others[1:])
+    rep.svc.host = SimpleNamespace(store=SimpleNamespace(has=lambda h: h == share))
+    looked: list[bytes] = []
+    probed: list[bytes] = []
+    repairs: list[tuple[list[int], dict[int, list[bytes]]]] = []
+
+    async def holders(h: bytes, fresh: bool = False) -> list[tuple[bytes, str]]:
+        looked.append(h)
+        return [(me, "127.0.0.1:9")] + [(o, "127.0.0.1:9") for o in others]
+
+    async def probe(hid: bytes, addr: str, h: bytes) -> bool:
+        probed.append(hid)
+        return hid not in dead
+
+    async def repair(blob: bytes, info: SegmentInfo, missing: list[int],
+                     live: dict[int, list[bytes]], addrs: dict[bytes, str],
+                     standing: set[bytes] | None = None) -> None:
+        repairs.append((missing, live))
+
+    rep._holders = holders  # type: ignore[method-assign]
+    rep._probe = probe  # type: ignore[method-assign]
+    rep.repair = repair  # type: ignore[method-assign,assignment]
+
+    async def rounds() -> list[dict[str, Any]]:
+        out = []
+        for _ in range(2):
+            await rep.check_segment(b"seg record", info)
+            out.append(dict(rep.status[info.segment_id.hex()]))
+            await asyncio.sleep(10.0)  # past the grace period
+        return out
+    first, second = run(loop, rounds())
+    assert looked == [share, share]  # one lookup a round, not one per index
+    assert sorted(probed) == sorted(others * 2)  # each other holder once a round, never itself
+    assert first["action"] == "healthy" and first["grace"] == [2, 3, 4]
+    assert second["action"] == "repair" and second["healthy"] == 2
+    assert second["missing"] == [2, 3, 4] and second["leader"] == me.hex()
+    assert len(repairs) == 1
+    missing, live = repairs[0]
+    assert missing == [2, 3, 4]
+    assert sorted(h for hs in live.values() for h in hs) == sorted([me, others[0]])

@@ -387,6 +387,29 @@ def test_repair_put_with_only_a_segment_record_is_kept_for_its_owner(data_dir: P
     assert rig.host.owners(h(data)) == {rig.owner.pubkey: int(until)}
 
 
+def test_a_mirrored_blob_is_kept_with_its_segment_record_and_forgotten_on_delete(
+        data_dir: Path) -> None:
+    """A metadata blob is a segment of n copies (k = 1): its seg record lists
+    the blob's hash n times. The owner's DELETE of the last copy here drops
+    the record too, so the host no longer watches (or repairs) the segment."""
+    from xcore.contracts.segments import segment_id
+    blob = payload(3000, seed=33)
+    mirrors = [h(blob)] * 3
+    seg_path = data_dir / "segments" / segment_id(mirrors).hex()
+
+    async def body(rig: Rig) -> None:
+        conn = await rig.connect(rig.host_id.node_id)
+        await conn.put_share(h(blob), blob, rig.grant(h(blob)), seg_record(rig, mirrors))
+        info = rig.host.segments()[segment_id(mirrors)][1]
+        assert (info.k, info.n, info.shares, info.groups) == (1, 3, tuple(mirrors), [[0, 1, 2]])
+        assert seg_path.exists()
+        await conn.delete_share(h(blob), rig.owner, int(rig.clock.now))
+
+    rig = run_host(data_dir, body)
+    assert rig.stored() == [] and rig.host.segments() == {}
+    assert not seg_path.exists()
+
+
 @pytest.mark.parametrize("case", ["share not listed", "expired", "garbage", "tampered",
                                   "neither"])
 def test_put_with_a_bad_segment_record_is_refused(data_dir: Path, case: str) -> None:

@@ -224,22 +224,57 @@ class Client:
 
     # -- blobs (manifests, index) --------------------------------------------------
 
-    async def store_blob(self, blob: bytes, copies: int = BLOB_COPIES
+    async def store_blob(self, blob: bytes, copies: int = BLOB_COPIES, contracts: bool = True
                          ) -> tuple[bytes, list[tuple[bytes, str]]]:
         """Mirror a metadata blob on ``copies`` hosts. A file's manifest gets
-        at least n - k + 1 copies, so it survives whatever its data survives."""
+        at least n - k + 1 copies, so it survives whatever its data survives.
+
+        The blob is a mirrored segment of its own (k = 1, n = copies: its
+        hash n times in an owner-signed seg record, sent with every copy and
+        published), so its hosts watch it and repair lost copies without the
+        owner, like data. ``contracts``: each copy also gets a storage
+        contract (audited and paid like a data share); the index blob, replaced
+        on every put and rm, goes without (a contract outlives a deleted share
+        for its whole term, and its audits would count against the host)."""
         if len(blob) > MAX_BLOB:
             raise CapacityExceeded(f"metadata blob of {len(blob)} bytes exceeds {MAX_BLOB}")
         h = hashlib.sha256(blob).digest()
         hosts = await self.hosts()
+        n = min(copies, len(hosts))
+        if n < 1:
+            raise NotEnoughHosts("no host is known to take the metadata blob")
+        red = Redundancy(1, n)
+        seg_rec = make_segment_record(self.keys.signing, [h] * n, red.k, red.n, len(blob),
+                                      int(self.now()) + GRANT_TERM, REPAIR_PRICE_CAP, self.now())
+        seg_blob = seg_rec.encode()
+        root = share_merkle_root(blob) if contracts else None
+        publish = asyncio.create_task(self.dht_publish(seg_rec))
         avoid: set[bytes] = set()
-        placed = await asyncio.gather(*(self.place(h, blob, hosts, avoid)
-                                        for _ in range(min(copies, len(hosts)))),
-                                      return_exceptions=True)
+        try:
+            placed = await asyncio.gather(*(self.place(h, blob, hosts, avoid, seg_blob=seg_blob,
+                                                       red=red if contracts else None, root=root)
+                                            for _ in range(n)),
+                                          return_exceptions=True)
+        except BaseException:
+            publish.cancel()
+            raise
+        try:
+            await publish
+        except XcoreError:
+            pass  # the hosts hold the record too
         where = [(p.node_id, f"{p.addr[0]}:{p.addr[1]}") for p in placed if isinstance(p, HostInfo)]
         if not where:
             raise NotEnoughHosts("no host took the metadata blob")
         return h, where
+
+    async def delete_blob(self, blob_hash: bytes, hosts: Iterable[tuple[bytes, str]]) -> int:
+        """Delete a metadata blob from ``hosts`` and from every host that
+        announced a copy (repair may have placed copies elsewhere): a copy
+        left behind would be repaired back to n copies by its holder (k = 1)."""
+        where = dict(hosts)
+        for host_id, addr in await self.holders(blob_hash):
+            where.setdefault(host_id, addr)
+        return await self._delete_everywhere(blob_hash, where.items())
 
     async def fetch_blob(self, blob_hash: bytes, hosts: Iterable[tuple[bytes, str]]) -> bytes:
         from xcore.bootstrap import parse_address
@@ -284,13 +319,13 @@ class Client:
 
     async def write_index(self, index: Index, seq: int, old: IndexPointer | None) -> None:
         blob = seal_index(index, self.keys)
-        h, where = await self.store_blob(blob)
+        h, where = await self.store_blob(blob, contracts=False)
         pointer = IndexPointer(h, len(blob), tuple(where))
         seq = max(seq + 1, int(self.now() * 1000))
         rec = make_index_record(self.keys, pointer, seq, self.now(), INDEX_TTL)
         await self.dht_publish(rec)
         if old is not None and old.blob_hash != h:
-            await self._delete_everywhere(old.blob_hash, old.hosts)
+            await self.delete_blob(old.blob_hash, old.hosts)
 
     async def _delete_everywhere(self, share_hash: bytes, hosts: Iterable[tuple[bytes, str]]) -> int:
         from xcore.bootstrap import parse_address
@@ -594,7 +629,7 @@ class Client:
             self._delete_everywhere(s.hash, dict([(s.host_id, s.host_addr)] + extra).items())
             for s, extra in zip(shares, found)))
         deleted = sum(counts)
-        deleted += await self._delete_everywhere(entry.manifest_hash, entry.manifest_hosts)
+        deleted += await self.delete_blob(entry.manifest_hash, entry.manifest_hosts)
         return {"file_id": file_id.hex(), "name": entry.name, "shares_deleted": deleted}
 
 

@@ -63,6 +63,7 @@ class HostService:
         self.server: Listener | None = None
         self.streams = streams
         self.threads = threads
+        self._meta_lock = asyncio.Lock()
         self.address: tuple[str, int] | None = None
         self.counters: dict[str, int] = {}
         self.on_stored: Callable[[bytes], None] | None = None
@@ -330,10 +331,10 @@ class HostService:
             await fs.send(ERR, E_UNAUTHORIZED, str(exc))
             return
         if seg_blob is not None and seg_info is not None:
-            self._remember_segment(share_hash, seg_info, seg_blob)
+            await self._meta(self._remember_segment, share_hash, seg_info, seg_blob)
         if self.store.has(share_hash):
             await fs.send(READY, 0)
-            self._add_owner(share_hash, owner, expires)
+            await self._meta(self._add_owner, share_hash, owner, expires)
             self._count("puts_deduplicated")
             await fs.send(OK, self._sign_contract(half, None))
             return
@@ -353,8 +354,18 @@ class HostService:
             buf += chunk
             if len(buf) > size:
                 raise RemoteProtocolError("more data than announced")
+        data = bytes(buf)
+        del buf
+        contract = half.contract if half is not None else None
+
+        def store_and_check() -> tuple[bool, bool | None]:
+            # off the event loop: the hash check, write and fsync, and the
+            # contract's Merkle root (the one per-byte cost the host adds)
+            written = self.store.put(share_hash, data)
+            return written, (contract.matches(data) if contract is not None and written else None)
+
         try:
-            written = await run_blocking(self.store.put, share_hash, bytes(buf), threads=self.threads)
+            written, matched = await run_blocking(store_and_check, threads=self.threads)
             if not written and not self.store.has(share_hash):
                 # the same share is being written by another connection: it may
                 # still fail its hash check, so do not claim we hold it
@@ -373,10 +384,10 @@ class HostService:
             self._count("puts_refused_capacity")
             await fs.send(ERR, E_CAPACITY, str(exc))
             return
-        self._add_owner(share_hash, owner, expires)
+        await self._meta(self._add_owner, share_hash, owner, expires)
         self._count("puts")
         self._count("bytes_in", size)
-        await fs.send(OK, self._sign_contract(half, bytes(buf)))
+        await fs.send(OK, self._sign_contract(half, data, matched))
         if self.on_stored:
             self.on_stored(share_hash)
         if self.fault == "delete":  # fault injection: pretend to store, then drop the bytes
@@ -388,8 +399,16 @@ class HostService:
             raw[len(raw) // 2] ^= 0xFF
             path.write_bytes(bytes(raw))
 
-    def _sign_contract(self, half: SignedContract | None, data: bytes | None) -> dict[str, Any]:
-        """Countersign the owner's contract once the bytes are known to match it."""
+    async def _meta(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run an owners/segment file update (an fsynced atomic write) off the
+        event loop, one at a time (they read, modify and rename shared files)."""
+        async with self._meta_lock:
+            await run_blocking(fn, *args, threads=self.threads)
+
+    def _sign_contract(self, half: SignedContract | None, data: bytes | None,
+                       matched: bool | None = None) -> dict[str, Any]:
+        """Countersign the owner's contract once the bytes are known to match it
+        (``matched``: already checked against ``data``)."""
         if half is None:
             return {}
         if data is None:
@@ -397,7 +416,7 @@ class HostService:
                 data = self.store.get(half.contract.share_hash)
             except XcoreError:
                 return {}
-        if not half.contract.matches(data):
+        if not (matched if matched is not None else half.contract.matches(data)):
             self._count("contracts_refused")
             return {}
         signed = half.sign_as_host(self.identity)
@@ -482,9 +501,31 @@ class HostService:
                 _, info = decode_segment_record(blob, now)
             except (OSError, RecordRejected, RemoteProtocolError):
                 continue
-            if any(self.store.has(h) for h in info.shares):
+            held = [h for h in info.shares if self.store.has(h)]
+            if held:
                 out[info.segment_id] = (blob, info)
+                for h in held:  # (after a restart: so that a DELETE finds it)
+                    self.segment_of.setdefault(h, info.segment_id)
         return out
+
+    def _forget_segment(self, share_hash: bytes) -> None:
+        """The owner deleted ``share_hash``: drop its segment record once this
+        host holds no share of that segment, so nothing keeps it (an old index
+        blob, say) on the repair watch list or on disk."""
+        seg_id = self.segment_of.pop(share_hash, None)
+        if seg_id is None:
+            return
+        path = self._segment_path(seg_id)
+        try:
+            _, info = decode_segment_record(path.read_bytes(), self.clock())
+            if any(self.store.has(h) for h in info.shares):
+                return
+        except (OSError, RecordRejected, RemoteProtocolError):
+            pass
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
     async def _get(self, fs: FrameStream, f: list[Any], peer: bytes, ip: str | None) -> None:
         if len(f) != 1:
@@ -530,6 +571,7 @@ class HostService:
         self._set_owners(share_hash, owners)
         if not owners:
             self.store.delete(share_hash)
+            self._forget_segment(share_hash)
             if self.on_deleted:
                 self.on_deleted(share_hash)
         self._count("deletes")
