@@ -251,6 +251,38 @@ def test_a_corrupt_share_is_skipped_and_counted_against_its_host(cluster: Cluste
     assert cluster.host(t).store.has(target.hash)
 
 
+def test_a_stalled_host_is_hedged_around(cluster: Cluster, files: Path) -> None:
+    """get asks k hosts; one that stalls costs ``hedge_after``, not the timeout."""
+    owner = cluster.client(seed=15)
+    src = cluster.random_file(files, "stall", 3 * MiB, seed=15)
+    res = put(cluster, owner, src)
+    man = cluster.run(cluster.manifest_of(owner, res["file_id"]))
+    target = man.segments[0].shares[0]
+    host = cluster.host(cluster.index_of(target.host_id))
+    release = asyncio.Event()
+    real_get = host._get
+
+    async def stalled_get(fs: Any, f: Any, peer: bytes, ip: str | None) -> None:
+        await release.wait()  # holds the share until the test is over
+        await real_get(fs, f, peer, ip)
+
+    reader = cluster.client(1, owner.keys, seed=16)
+    reader.hedge_after = 0.3
+    reader.timeout = 60.0
+    reader.rtt = lambda host_id: 0.0 if host_id == target.host_id else 1.0  # asked first
+    host._get = stalled_get  # type: ignore[method-assign]
+    try:
+        started = cluster.loop.time()
+        get_same(cluster, reader, res, src)
+        elapsed = cluster.loop.time() - started
+    finally:
+        host._get = real_get  # type: ignore[method-assign]
+        release.set()
+    assert reader.hedged_downloads >= 1
+    assert elapsed < 20, elapsed  # nowhere near the 60 s transfer timeout
+    assert reader.stats.failures.get(target.host_id, 0) == 0  # slow is not a failure
+
+
 def test_a_corrupt_manifest_copy_is_skipped(cluster: Cluster, files: Path) -> None:
     owner = cluster.client(seed=14)
     src = cluster.random_file(files, "manifest", 20_000, seed=14)
