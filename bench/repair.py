@@ -140,7 +140,10 @@ def bench_devnet(nodes: int, size_mib: int, kill: int, rounds: int, grace: float
         proc.wait(timeout=30)
         log(f"  put {size_mib} MiB: {put['segments']} segments, {put['shares']} shares "
             f"in {put['seconds']} s; owner's node stopped")
-        segs = list(segments_on_disk(list(dirs.values())).values())
+        # the file's data segments (the metadata blobs' mirrored k = 1 segments
+        # are repaired too, but are not what this measures)
+        segs = [s for s in segments_on_disk(list(dirs.values())).values() if s.k > 1]
+        seg_hex = {s.segment_id.hex() for s in segs}
         dead: set[str] = set()
         out_rounds = []
         for rnd in range(rounds):
@@ -178,8 +181,8 @@ def bench_devnet(nodes: int, size_mib: int, kill: int, rounds: int, grace: float
             time.sleep(1.5)  # let the leaders log their events
             events = []
             for n, r in zip(survivors, reports([dirs[n] for n in survivors])):
-                events += [e for e in r["events"]
-                           if e["segment"] + str(e["started"]) not in before.get(n, set())]
+                events += [e for e in r["events"] if e["segment"] in seg_hex
+                           and e["segment"] + str(e["started"]) not in before.get(n, set())]
             ok = [e for e in events if e["ok"]]
             moved = sum(e["bytes_down"] + e["bytes_up"] for e in events)
             naive = bytes_lost * 4

@@ -445,8 +445,10 @@ def test_bad_hosts_get_no_new_shares(devnet: Devnet, marked: Any) -> None:
     new = sum(after[h].get("puts", 0) - before[h].get("puts", 0) for h in HONEST)
     signed = sum(after[h].get("contracts_signed", 0) - before[h].get("contracts_signed", 0)
                  for h in HONEST)
-    assert signed == res["shares"], (signed, res)
-    assert new >= res["shares"] + 1  # + the manifest and index blobs
+    # a contract per share and per copy of the manifest (mirrored on 5 hosts
+    # at most); the index blob, replaced on every put, goes without
+    assert res["shares"] + 1 <= signed <= res["shares"] + 5, (signed, res)
+    assert new >= signed + 1  # + the index blob's copies
     # and the file comes back whole through another node
     out = devnet.dir / "second.out"
     got = ok_json("get", "--data", str(n07), "-o", str(out), res["file_id"])

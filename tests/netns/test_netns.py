@@ -116,14 +116,16 @@ def get(lab: Lab, node: str, file_id: str, out: Path) -> bytes:
 
 
 def segments(lab: Lab) -> dict[bytes, Any]:
-    """Every segment record any host keeps: seg_id -> SegmentInfo."""
+    """Every data segment record any host keeps: seg_id -> SegmentInfo (not
+    the mirrored, k = 1, segments of the metadata blobs: files go up at 3/6)."""
     from xcore.contracts.segments import decode_segment_record
     found = {}
     for node in lab.nodes.values():
         d = node.data / "segments"
         for p in d.iterdir() if d.is_dir() else []:
             _, info = decode_segment_record(p.read_bytes(), time.time())
-            found[info.segment_id] = info
+            if info.k > 1:
+                found[info.segment_id] = info
     return found
 
 

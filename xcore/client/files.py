@@ -12,7 +12,9 @@ prepared while the last one uploads. Failed uploads move to another host
 (about 3 x (k + n) x 2 MiB) whatever the file size. The manifest (name,
 size, segments, share hashes and hosts) is sealed with the owner's key,
 stored mirrored on several hosts, and listed in the owner's index, itself a
-sealed blob that a signed DHT record points to.
+sealed blob that a signed DHT record points to. Both blobs are mirrored
+segments (k = 1) with a seg record, so hosts repair them like data
+(:meth:`Client.store_blob`).
 
 get: the manifest is fetched and opened, then for each segment k shares
 are requested in parallel from their hosts (fewest failures and fastest

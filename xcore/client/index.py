@@ -3,7 +3,8 @@
 DESIGN.md principle 7: ``xcore ls`` works from any machine that has the
 recovery phrase. The index (one entry per uploaded file: name, size, where
 its sealed manifest is) is sealed with the owner's key and stored in the
-network as a blob named by its SHA-256. A small signed DHT record of kind
+network as a blob named by its SHA-256 (mirrored, and repaired without the
+owner like data: ``Client.store_blob``). A small signed DHT record of kind
 ``"index"`` points to the newest blob. Its key is derived from the owner's
 public signing key (``owner_key("index", pubkey)``), so only the owner can
 write it, and everyone with the phrase can find it. Its value is encrypted,

@@ -4,7 +4,9 @@ A host keeps shares (named by their SHA-256) in a :class:`ShareStore` within
 the capacity its operator offers, and remembers, per share, which owners hold
 a storage grant for it (``owners/<hash>`` files, msgpack ``{owner_pubkey:
 expires}``, written atomically). A share is deleted when its last owner asks
-for it (with a signed DELETE) or when every grant has expired.
+for it (with a signed DELETE) or when every grant has expired. The segment
+record that came with a share (``segments/<id>``: what the repairer watches)
+is dropped when the owner deletes the last share of that segment here.
 
 Each peer is held to its own share of the host (:mod:`xcore.shard.throttle`):
 bytes/s per node ID and per source address, and a few connections each, so a
