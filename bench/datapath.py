@@ -119,9 +119,10 @@ def bench(sizes_mib: list[int], nodes: int, redundancy: str, base: dict[str, flo
                    "put_wall_MBps": size / put_wall / 1e6, "put_client_MBps": float(put["mb_per_s"]),
                    "put_peak_rss": put_rss, "put_wall_s": put_wall,
                    "get_wall_MBps": size / get_wall / 1e6, "get_client_MBps": float(got["mb_per_s"]),
-                   "get_peak_rss": get_rss, "get_wall_s": get_wall}
+                   "get_peak_rss": get_rss, "get_wall_s": get_wall,
+                   "get_hedged": int(got.get("hedged_downloads", 0))}
             rows.append(row)
-            log(fmt_row(row, base))
+            log(fmt_row(row, base) + f" (get: {row['get_hedged']} hedged downloads)")
             src.unlink()
             dst.unlink()
     finally:

@@ -609,7 +609,8 @@ class Client:
         return {"file_id": file_id.hex(), "name": man.name, "size": man.size, "out": str(out),
                 "sha256": digest.hexdigest(), "seconds": round(elapsed, 3),
                 "mb_per_s": round(man.size / elapsed / 1e6, 2),
-                "host_failures": sum(self.stats.failures.values())}
+                "host_failures": sum(self.stats.failures.values()),
+                "hedged_downloads": self.hedged_downloads}
 
     # -- ls / rm ---------------------------------------------------------------------
 
