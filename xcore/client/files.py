@@ -8,8 +8,9 @@ storage contract) and uploaded to its own host, chosen by
 :mod:`xcore.contracts.selection`. Encoding and hashing run in a worker thread
 (zfec and SHA-256 of whole shares release the GIL), so the next segment is
 prepared while the last one uploads. Failed uploads move to another host
-(long tail). Three segments are in flight at once, so memory stays bounded
-(about 3 x (k + n) x 2 MiB) whatever the file size. The manifest (name,
+(long tail). Three segments are in flight at once (two for codes with
+k + n > 16), so memory stays bounded (about 3 x (k + n) x 2 MiB) whatever the
+file size. The manifest (name,
 size, segments, share hashes and hosts) is sealed with the owner's key,
 stored mirrored on several hosts, and listed in the owner's index, itself a
 sealed blob that a signed DHT record points to. Both blobs are mirrored
@@ -86,7 +87,7 @@ class Client:
 
     def __init__(self, svc: Any, keys: OwnerKeys, *, rng: random.Random | None = None,
                  token_bytes: Callable[[int], bytes] | None = None,
-                 parallel_segments: int = 3, timeout: float = 30.0,
+                 parallel_segments: int | None = None, timeout: float = 30.0,
                  hedge_after: float = 1.0) -> None:
         self.svc = svc
         self.keys = keys
@@ -97,7 +98,7 @@ class Client:
         # worker thread on a real loop, inline in a simulation
         self.threads = bool(getattr(env, "threads", True)) if env is not None else True
         self.streams = getattr(svc, "streams", None) or TCP
-        self.parallel_segments = parallel_segments
+        self.parallel_segments = parallel_segments  # None: :meth:`segments_in_flight`
         # a segment's k downloads that have not all finished after this many
         # seconds get one more, from another holder (hedged request)
         self.hedge_after = hedge_after
@@ -166,6 +167,14 @@ class Client:
                                                 streams=self.streams)
             self._conns[host_id] = conn
             return conn
+
+    def segments_in_flight(self, red: Redundancy) -> int:
+        """Segments put or fetched at once: 3, or 2 for wide codes (k + n > 16,
+        e.g. 10/30, where one segment holds 40 shares of up to 2 MiB), so the
+        client's memory stays near 200 MB whatever the file size."""
+        if self.parallel_segments is not None:
+            return max(1, self.parallel_segments)
+        return 3 if red.k + red.n <= 16 else 2
 
     def close(self) -> None:
         for c in self._conns.values():
@@ -389,7 +398,7 @@ class Client:
         ctr = CtrStream(key, nonce)
         seg_len = segment_size(red)
         segments: dict[int, SegmentRef] = {}
-        sem = asyncio.Semaphore(self.parallel_segments)
+        sem = asyncio.Semaphore(self.segments_in_flight(red))
         done = {"bytes": 0}
         tasks: list[asyncio.Task[None]] = []
 
@@ -569,7 +578,7 @@ class Client:
             with open(tmp, "wb") as f:
                 pending: list[asyncio.Task[bytes]] = []
                 segs = list(man.segments)
-                for i in range(min(self.parallel_segments, len(segs))):
+                for i in range(min(self.segments_in_flight(red), len(segs))):
                     pending.append(asyncio.create_task(self.fetch_segment(segs[i], red)))
                 nxt = len(pending)
 
