@@ -96,7 +96,7 @@ class Client:
         self.token_bytes = token_bytes or (env.token_bytes if env is not None else os.urandom)
         # CPU work on whole segments (zfec, SHA-256, Merkle roots) runs in a
         # worker thread on a real loop, inline in a simulation
-        self.threads = bool(getattr(env, "threads", True)) if env is not None else True
+        self.threads = bool(getattr(env, "threads", True))
         self.streams = getattr(svc, "streams", None) or TCP
         self.parallel_segments = parallel_segments  # None: :meth:`segments_in_flight`
         # a segment's k downloads that have not all finished after this many

@@ -403,7 +403,8 @@ class HostService:
 
     async def _meta(self, fn: Callable[..., None], *args: Any) -> None:
         """Run an owners/segment file update (an fsynced atomic write) off the
-        event loop, one at a time (they read, modify and rename shared files)."""
+        event loop, one at a time: they read, modify and rename shared files
+        (a DELETE takes the same lock)."""
         async with self._meta_lock:
             await run_blocking(fn, *args, threads=self.threads)
 
@@ -558,23 +559,29 @@ class HostService:
         owner = as_bytes(f[1], "owner", size=PUBKEY_BYTES)
         ts = as_int(f[2], "ts", 0, 2**40)
         sig = as_bytes(f[3], "signature", size=SIG_BYTES)
-        owners = self.owners(share_hash)
-        try:
-            if abs(ts - self.clock()) > DELETE_SKEW:
-                raise BadSignature("delete request is stale")
-            verify(owner, delete_signing_bytes(share_hash, self.identity.node_id, ts, owner), sig)
-            if owner not in owners:
-                raise BadSignature("not an owner of this share")
-        except BadSignature as exc:
+        refused: str | None = None
+        async with self._meta_lock:  # PUTs update owners files in a worker thread
+            owners = self.owners(share_hash)
+            try:
+                if abs(ts - self.clock()) > DELETE_SKEW:
+                    raise BadSignature("delete request is stale")
+                verify(owner, delete_signing_bytes(share_hash, self.identity.node_id, ts, owner),
+                       sig)
+                if owner not in owners:
+                    raise BadSignature("not an owner of this share")
+            except BadSignature as exc:
+                refused = str(exc)
+            else:
+                del owners[owner]
+                self._set_owners(share_hash, owners)
+                if not owners:
+                    self.store.delete(share_hash)
+                    self._forget_segment(share_hash)
+        if refused is not None:
             self._count("deletes_unauthorized")
-            await fs.send(ERR, E_UNAUTHORIZED, str(exc))
+            await fs.send(ERR, E_UNAUTHORIZED, refused)
             return
-        del owners[owner]
-        self._set_owners(share_hash, owners)
-        if not owners:
-            self.store.delete(share_hash)
-            self._forget_segment(share_hash)
-            if self.on_deleted:
-                self.on_deleted(share_hash)
+        if not owners and self.on_deleted:
+            self.on_deleted(share_hash)
         self._count("deletes")
         await fs.send(OK, {})
