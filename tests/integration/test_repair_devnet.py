@@ -534,8 +534,15 @@ def test_two_segments_losing_hosts_at_once_are_both_repaired(
         name, ev = by_seg[sid][0]
         survivors = [hs[0] for hs in before.values() if hs[0] not in got["victims"]]
         assert name == closest(seg, devnet, survivors)  # the deterministic leader
-        assert sorted(int(i) for i in ev["placed"]) == sorted(ev["missing"])
-        assert len(ev["missing"]) == 3
+        lost = sorted(i for i, hs in before.items() if set(hs) & set(got["victims"]))
+        assert sorted(int(i) for i in ev["placed"]) == lost and len(lost) == 3
+        # On a loaded box a live holder may miss probes past the grace period
+        # and be counted missing too; the leader asks it again before placing,
+        # finds its share and places nothing twice: it still holds it.
+        extra = set(ev["missing"]) - set(lost)
+        assert set(lost) <= set(ev["missing"]), ev
+        now = devnet.placement(seg)
+        assert all(now[i] == before[i] for i in extra), (extra, now, before)
         # the leader holds one share: it downloads k - 1 = 3 and uploads the 3 lost
         size = share_size(devnet, seg)
         assert (ev["bytes_down"], ev["bytes_up"]) == (3 * size, 3 * size), (ev, size)

@@ -304,18 +304,22 @@ class HostConnection:
         return cls(fs, node_id_of(pub), pub)
 
     async def _guard(self, coro: Any) -> Any:
-        async with self.lock:
-            if self.broken:
-                coro.close()
-                raise RemoteProtocolError("connection is broken")
-            try:
-                return await coro
-            except (RemoteProtocolError, Timeout, asyncio.CancelledError) as exc:
-                if getattr(exc, "refusal", False):
-                    raise  # the host said no in an ERR frame; the stream is still in step
-                self.broken = True
-                self.fs.close()
-                raise
+        try:
+            async with self.lock:
+                if self.broken:
+                    raise RemoteProtocolError("connection is broken")
+                try:
+                    return await coro
+                except (RemoteProtocolError, Timeout, asyncio.CancelledError) as exc:
+                    if getattr(exc, "refusal", False):
+                        raise  # the host said no in an ERR frame; the stream is still in step
+                    self.broken = True
+                    self.fs.close()
+                    raise
+        finally:
+            # (a no-op once it ran; if we were cancelled waiting for the lock,
+            # it never started and must not be left unawaited)
+            coro.close()
 
     async def put_share(self, share_hash: bytes, data: bytes, grant: Grant | None = None,
                         seg_record: bytes | None = None,
