@@ -35,7 +35,9 @@ from xcore.contracts.audit import (
 from xcore.contracts.contract import SignedContract, contract_key, parse_contract_record
 from xcore.contracts.hosts import HostInfo, read_hosts
 from xcore.contracts.reputation import Reputation
-from xcore.errors import LookupFailed, RecordRejected, RemoteProtocolError, XcoreError
+from xcore.errors import (
+    ContractEnded, LookupFailed, RecordRejected, RemoteProtocolError, XcoreError,
+)
 from xcore.net.streams import TCP
 from xcore.net.aio import wait_op
 from xcore.shard.transfer import HostConnection
@@ -77,7 +79,7 @@ class Auditor:
             except RecordRejected:
                 continue
             c = sc.contract
-            if c.end <= now or c.host_id == self.svc.identity.node_id:
+            if sc.until <= now or c.host_id == self.svc.identity.node_id:
                 continue
             if host is not None and c.host_id != host:
                 continue
@@ -126,6 +128,11 @@ class Auditor:
             except (XcoreError, OSError, asyncio.TimeoutError) as exc:
                 log.debug("audit of %s: %s", c.host_id.hex()[:12], exc)
         att = attest(self.svc.identity, sc, challenge, answer, self.svc.clock())
+        if not att.passed and await self._ended_before(sc, challenge.issued):
+            # the owner deleted the share and the host told the network; our
+            # copy of the contract was older (it missed the update)
+            self._count("audits_skipped_ended")
+            raise ContractEnded("the owner ended this contract")
         self._ingest(att, sc)
         self._archive(att, sc)
         rec = make_attest_record(self.svc.identity, att, self.svc.clock())
@@ -141,6 +148,23 @@ class Auditor:
                              "passed": att.passed, "reason": att.reason, "time": att.time})
         del self.results[:-200]
         return att
+
+    async def _ended_before(self, sc: SignedContract, when: float) -> bool:
+        """Whether the network holds ``sc`` ended (by its owner) before ``when``;
+        such a record is kept, so the contract is not planned again."""
+        c = sc.contract
+        for rec in await self._dht_get(contract_key(c.share_hash)):
+            try:
+                other = parse_contract_record(rec)
+            except RecordRejected:
+                continue
+            if other.contract == c and other.delete_sig and other.until <= when:
+                try:
+                    self.svc.dht.store.put(rec, self.svc.clock())
+                except RecordRejected:
+                    pass
+                return True
+        return False
 
     def _ingest(self, att: Attestation, sc: SignedContract) -> None:
         d = att.digest()
@@ -205,7 +229,7 @@ class Auditor:
             async with sem:
                 try:
                     await self.audit(sc)
-                except LookupFailed:
+                except (LookupFailed, ContractEnded):
                     return
                 done.append(self.results[-1])
         await asyncio.gather(*(one(sc) for sc in chosen))

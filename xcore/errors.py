@@ -116,3 +116,7 @@ class StorageIOError(XcoreError):
 
 class ShareNotFound(NotFound):
     """This host does not hold that share."""
+
+
+class ContractEnded(XcoreError):
+    """The owner ended this storage contract early (it deleted the share)."""

@@ -220,6 +220,7 @@ class NodeService:
                                     limits=TransferLimits.from_config(self.config))
             self.host.on_stored = self._share_stored
             self.host.on_deleted = self._share_deleted
+            self.host.on_owner_deleted = self._contract_ended
             self.host.on_contract = self._contract_signed
             self.tcp_address = await self.host.start(self.config["host"], self.address[1])
             if self.config["port"] == 0:
@@ -352,6 +353,26 @@ class NodeService:
 
     def _share_deleted(self, share_hash: bytes) -> None:
         self.dht.unpublish("loc", loc_key(share_hash))
+
+    def _contract_ended(self, share_hash: bytes, owner: bytes, ts: int, sig: bytes) -> None:
+        """The owner deleted ``share_hash``: republish our contract for it
+        with the owner's signed DELETE, so auditors stop challenging us for it
+        and payouts end there (xcore.contracts.contract, "Ending early")."""
+        from xcore.contracts.contract import (
+            contract_key, make_contract_record, parse_contract_record,
+        )
+        rec = self.dht.published.get(("contract", contract_key(share_hash)))
+        if rec is None or self.driver is None:
+            return
+        try:
+            sc = parse_contract_record(rec)
+            if sc.contract.owner_pubkey != owner or sc.delete_sig:
+                return
+            ended = make_contract_record(self.identity, sc.ended_by(ts, sig), self.clock())
+        except XcoreError as exc:  # (a DELETE the host checked: should not happen)
+            log.warning("cannot end the contract for %s: %s", share_hash.hex()[:12], exc)
+            return
+        self.driver.call(lambda t: self.dht.publish(ended, t))
 
     # -- state ----------------------------------------------------------------
 

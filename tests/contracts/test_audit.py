@@ -36,6 +36,7 @@ from xcore.crypto.merkle import leaf_hash
 from xcore.dht.records import MAX_RECORD_BYTES, Record, RecordStore, validate
 from xcore.errors import InvalidParameter, LocalProtocolError, RecordRejected, RemoteProtocolError
 from xcore.shard.erasure import MAX_SHARE_SIZE
+from xcore.shard.transfer import delete_signing_bytes
 
 NOW = 1_750_000_000
 OWNER, HOST, AUDITOR, OTHER = (Identity(random.Random(200 + i).randbytes(32)) for i in range(4))
@@ -191,6 +192,18 @@ def test_host_that_deleted_the_share_fails() -> None:
     att = attest(AUDITOR, SC, ch, None, NOW + 30)
     assert not att.passed and att.answer is None and att.reason == "no answer"
     assert classify_attestation(att, SC) is Evidence.UNANSWERED
+
+
+def test_after_the_owner_deleted_the_share_no_audit_counts() -> None:
+    """A host that deleted on the owner's signed request is not blamed by
+    anybody who knows the ended contract; audits before the delete still count."""
+    ended = SC.ended_by(NOW, OWNER.sign(delete_signing_bytes(C.share_hash, C.host_id, NOW,
+                                                             OWNER.pubkey)))
+    before = attest(AUDITOR, SC, challenge(issued=NOW - 60), None, NOW - 30)
+    after = attest(AUDITOR, SC, challenge(issued=NOW + 60), None, NOW + 90)
+    assert classify_attestation(before, ended) is Evidence.UNANSWERED
+    assert classify_attestation(after, SC) is Evidence.UNANSWERED  # (not knowing of the delete)
+    assert classify_attestation(after, ended) is Evidence.IRRELEVANT
 
 
 def test_answer_for_a_different_nonce_fails() -> None:

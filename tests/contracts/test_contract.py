@@ -29,6 +29,7 @@ from xcore.errors import (
     BadIdentity, BadSignature, LocalProtocolError, RecordRejected, RemoteProtocolError,
 )
 from xcore.shard.erasure import MAX_SHARE_SIZE
+from xcore.shard.transfer import delete_signing_bytes
 
 NOW = 1_750_000_000
 OWNER, HOST, OTHER = (Identity(random.Random(100 + i).randbytes(32)) for i in range(3))
@@ -170,7 +171,11 @@ def signed_contracts(draw: st.DrawFn) -> SignedContract:
         end=draw(st.integers(start + 1, 2**40)), price=draw(st.integers(0, 2**62)),
         host_id=node_id_of(host_pubkey), host_pubkey=host_pubkey, owner_pubkey=draw(keys))
     sig = st.one_of(st.just(b""), st.binary(min_size=64, max_size=64))
-    return SignedContract(c, draw(sig), draw(sig))
+    sc = SignedContract(c, draw(sig), draw(sig))
+    if draw(st.booleans()):  # ended early by the owner's DELETE
+        sc = dataclasses.replace(sc, ended=draw(st.integers(0, 2**40)),
+                                 delete_sig=draw(st.binary(min_size=64, max_size=64)))
+    return sc
 
 
 @settings(max_examples=80, deadline=None)
@@ -205,6 +210,61 @@ def test_property_any_flipped_byte_is_rejected_or_unsigned(data: st.DataObject) 
     except RemoteProtocolError:
         return
     raise AssertionError("a tampered contract verified")
+
+
+# -- ending early: the owner's signed DELETE ---------------------------------------------------
+
+
+def deleted_at(ts: int, sc: SignedContract | None = None, by: Identity = OWNER) -> bytes:
+    c = (sc or signed()).contract
+    return by.sign(delete_signing_bytes(c.share_hash, c.host_id, ts, by.pubkey))
+
+
+def test_an_owners_delete_ends_the_contract_early() -> None:
+    sc = signed()
+    assert sc.until == sc.contract.end
+    ended = sc.ended_by(NOW, deleted_at(NOW))
+    ended.verify()
+    assert ended.until == NOW < sc.contract.end and ended.contract == sc.contract
+    back = SignedContract.decode(ended.encode())
+    assert back == ended and back.until == NOW
+    assert len(ended.encode()) <= 512
+    # a delete after the term changes nothing
+    late = sc.contract.end + 10
+    assert sc.ended_by(late, deleted_at(late)).until == sc.contract.end
+
+
+@pytest.mark.parametrize("case", ["host", "other", "wrong time", "before start", "other share"])
+def test_only_the_owners_delete_of_that_share_ends_a_contract(case: str) -> None:
+    sc = signed()
+    ts, sig = NOW, deleted_at(NOW)
+    if case == "host":
+        sig = deleted_at(NOW, by=HOST)  # the host cannot end it on its own
+    elif case == "other":
+        sig = deleted_at(NOW, by=OTHER)
+    elif case == "wrong time":
+        ts = NOW - 60  # the signature is for NOW
+    elif case == "before start":
+        ts = sc.contract.start - 1
+        sig = deleted_at(ts)
+    else:
+        sig = deleted_at(NOW, signed(make_contract(b"another share")))
+    with pytest.raises(BadSignature):
+        sc.ended_by(ts, sig)
+    forged = dataclasses.replace(sc, ended=ts, delete_sig=sig)
+    with pytest.raises(BadSignature):
+        SignedContract.decode(forged.encode()).verify()
+    with pytest.raises(RecordRejected):
+        parse_contract_record(make_contract_record(HOST, forged, NOW))
+
+
+def test_an_ended_contract_record_replaces_the_hosts_earlier_one() -> None:
+    sc = signed()
+    store = RecordStore()
+    store.put(make_contract_record(HOST, sc, NOW - 60), NOW)
+    store.put(make_contract_record(HOST, sc.ended_by(NOW, deleted_at(NOW)), NOW), NOW)
+    [rec] = store.get(contract_key(sc.contract.share_hash), NOW)
+    assert parse_contract_record(rec).until == NOW
 
 
 # -- DHT records ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from xcore.contracts.payout import (
 )
 from xcore.crypto.identity import Identity
 from xcore.errors import InvalidParameter
+from xcore.shard.transfer import delete_signing_bytes
 
 DAY = 24 * 3600
 JUNE = calendar.timegm((2025, 6, 1, 0, 0, 0))  # a 30-day month
@@ -175,6 +176,26 @@ def test_no_answer_neither_pays_nor_voids() -> None:
     atts = weekly(A1, HOST_A) + [audit(A1, HOST_A, JUNE + 5 * DAY, mode="silent")]
     a = only(payouts("2025-06", [A1[1]], atts, {}, rate=RATE), HOST_A)
     assert a.euros == Decimal("1.00") and a.audits_failed == 0 and a.audits_passed == 4
+
+
+def test_a_share_the_owner_deleted_is_paid_until_the_delete() -> None:
+    """Ended at day 10 by the owner's signed DELETE: paid for days 0-10, even
+    with the contract from before the delete among the inputs, and audits
+    after the delete (by an auditor that had not heard of it) count for nothing."""
+    sc = A1[1]
+    c = sc.contract
+    t = JUNE + 10 * DAY
+    ended = sc.ended_by(t, OWNER.sign(delete_signing_bytes(c.share_hash, c.host_id, t,
+                                                           OWNER.pubkey)))
+    atts = [audit(A1, HOST_A, JUNE + d * DAY) for d in (2, 8)] + [
+        audit(A1, HOST_A, JUNE + 12 * DAY, mode="fail")]  # after the delete: irrelevant
+    for contracts in ([ended], [sc, ended], [ended, sc]):
+        a = only(payouts("2025-06", contracts, atts, {}, rate=RATE), HOST_A)
+        assert a.gb_months == round_half_even(Fraction(10, 30) * SIZE / GB, 9), contracts
+        assert (a.audits_passed, a.audits_failed) == (2, 0)
+    # the same audits without the delete: covered to day 8 + 7 and voided by the failure
+    a = only(payouts("2025-06", [sc], atts, {}, rate=RATE), HOST_A)
+    assert a.audits_failed == 1 and a.gb_months == 0
 
 
 def test_zero_without_audits_and_empty_without_contracts() -> None:

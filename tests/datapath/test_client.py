@@ -283,6 +283,29 @@ def test_a_stalled_host_is_hedged_around(cluster: Cluster, files: Path) -> None:
     assert reader.stats.failures.get(target.host_id, 0) == 0  # slow is not a failure
 
 
+def test_connections_hosts_closed_while_idle_are_reopened_not_blamed(
+        cluster: Cluster, files: Path) -> None:
+    """Hosts hang up connections idle past their timeout; a client that reuses
+    its connections (a long put, or get after put in one session) opens a
+    new one instead of failing the request and counting it against the host."""
+    hosts = [cluster.host(i) for i in range(len(cluster.nodes))]
+    saved = [h.timeout for h in hosts]
+    for h in hosts:
+        h.timeout = 0.5
+    try:
+        owner = cluster.client(seed=21)
+        src = cluster.random_file(files, "idle", 1 * MiB, seed=21)
+        res = put(cluster, owner, src)
+        assert owner._conns
+        cluster.run(asyncio.sleep(1.5))  # every host hangs up
+        assert not any(c.usable for c in owner._conns.values())
+        got = get_same(cluster, owner, res, src)
+    finally:
+        for h, t in zip(hosts, saved):
+            h.timeout = t
+    assert got["host_failures"] == 0 and dict(owner.stats.failures) == {}
+
+
 def test_a_corrupt_manifest_copy_is_skipped(cluster: Cluster, files: Path) -> None:
     owner = cluster.client(seed=14)
     src = cluster.random_file(files, "manifest", 20_000, seed=14)

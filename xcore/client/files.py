@@ -160,8 +160,10 @@ class Client:
         lock = self._conn_locks.setdefault(host_id, asyncio.Lock())
         async with lock:
             conn = self._conns.get(host_id)
-            if conn is not None and not conn.broken:
+            if conn is not None and conn.usable:
                 return conn
+            if conn is not None:
+                conn.close()
             conn = await HostConnection.connect(addr, self.svc.identity, host_id,
                                                 self.token_bytes, self.timeout,
                                                 streams=self.streams)

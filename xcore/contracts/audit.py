@@ -450,8 +450,9 @@ def classify_attestation(att: Attestation, contract: Contract | SignedContract) 
     if (att.host_id != c.host_id or att.share_hash != c.share_hash
             or _attestation_problem(att) is not None):
         return Evidence.IRRELEVANT
-    if not c.start <= att.challenge.issued <= c.end:
-        return Evidence.IRRELEVANT
+    end = contract.until if isinstance(contract, SignedContract) else c.end
+    if not c.start <= att.challenge.issued <= end:
+        return Evidence.IRRELEVANT  # (outside the term, or after the owner deleted the share)
     try:
         att.verify_signature()
     except BadSignature:

@@ -23,11 +23,21 @@ Layouts (msgpack arrays, version first; ints are unsigned)::
     signing bytes = b"xcore-contract-v1" || canonical(contract body)
 
     signed contract = [1, contract body, owner_sig:bin0|bin64, host_sig:bin0|bin64]
+                      (+ [ended:uint, delete_sig:bin64] once the owner deleted the share)
 
 An empty signature means "not signed yet": the owner signs first and sends
 the half-signed contract with the share; the host checks the share against
 it (:meth:`Contract.matches`) before adding its signature. Only contracts
 with both signatures are valid anywhere else.
+
+**Ending early.** An owner who deletes a share sends the host a signed
+DELETE (``delete_signing_bytes(share_hash, host_id, ts, owner_pubkey)``,
+:mod:`xcore.shard.transfer`). The host appends that timestamp and signature
+to the contract and republishes it: anybody can check that the owner asked,
+and from ``ended`` on (:attr:`SignedContract.until`) nobody audits the share
+and no payout counts it. Without this a host that honoured a delete would
+be challenged, and recorded as unanswering, for the rest of the term. The
+host cannot end a contract on its own: it has no owner's signature to show.
 
 DHT record kind ``contract``: key ``contract_key(share_hash)`` =
 ``dht_key(share_hash, namespace=b"contract")``, value the encoded signed
@@ -51,6 +61,7 @@ from xcore.errors import (
     BadIdentity, BadSignature, LocalProtocolError, RecordRejected, RemoteProtocolError,
 )
 from xcore.shard.erasure import MAX_N, MAX_SHARE_SIZE
+from xcore.shard.transfer import delete_signing_bytes
 
 CONTRACT_VERSION = 1
 CONTRACT_TAG = b"xcore-contract-v1"
@@ -58,7 +69,7 @@ AUDIT_BLOCK = 1024
 HASH_BYTES = 32
 MAX_TIME = 2**40
 MAX_PRICE = 2**62
-MAX_CONTRACT_BYTES = 512  # an encoded signed contract is about 330 bytes
+MAX_CONTRACT_BYTES = 512  # an encoded signed contract is about 330 bytes, 400 once ended
 CONTRACT_MAX_TTL = 400 * 24 * 3600
 CONTRACT_GRACE = 35 * 24 * 3600  # a record may outlive its term by a payout period
 _BODY_FIELDS = 13
@@ -198,10 +209,31 @@ class SignedContract:
     contract: Contract
     owner_sig: bytes = b""
     host_sig: bytes = b""
+    ended: int = 0  # when the owner deleted the share (0: not ended early)
+    delete_sig: bytes = b""  # the owner's signature of that DELETE
 
     @property
     def complete(self) -> bool:
         return bool(self.owner_sig) and bool(self.host_sig)
+
+    @property
+    def until(self) -> int:
+        """The end of the term as it stands: ``end``, or earlier if the owner deleted the share."""
+        return min(self.contract.end, self.ended) if self.delete_sig else self.contract.end
+
+    def ended_by(self, ts: int, delete_sig: bytes) -> "SignedContract":
+        """This contract, ended at ``ts`` by the owner's signed DELETE of the
+        share (checked: raises :class:`BadSignature`)."""
+        ended = replace(self, ended=ts, delete_sig=delete_sig)
+        ended.verify_ended()
+        return ended
+
+    def verify_ended(self) -> None:
+        c = self.contract
+        if self.ended < c.start:
+            raise BadSignature("contract ended before it started")
+        verify(c.owner_pubkey, delete_signing_bytes(c.share_hash, c.host_id, self.ended,
+                                                     c.owner_pubkey), self.delete_sig)
 
     def sign_as_owner(self, identity: Identity) -> "SignedContract":
         if identity.pubkey != self.contract.owner_pubkey:
@@ -242,20 +274,31 @@ class SignedContract:
         msg = c.signing_bytes()
         verify(c.owner_pubkey, msg, self.owner_sig)
         verify(c.host_pubkey, msg, self.host_sig)
+        if self.delete_sig:
+            self.verify_ended()
 
     def encode(self) -> bytes:
-        return pack([CONTRACT_VERSION, self.contract.body(), self.owner_sig, self.host_sig])
+        fields: list[Any] = [CONTRACT_VERSION, self.contract.body(), self.owner_sig, self.host_sig]
+        if self.delete_sig:
+            fields.append([self.ended, self.delete_sig])
+        return pack(fields)
 
     @classmethod
     def from_list(cls, v: Any) -> "SignedContract":
-        v = as_list(v, "signed contract", 4)
-        expect(len(v) == 4, "signed contract: expected 4 fields")
+        v = as_list(v, "signed contract", 5)
+        expect(len(v) in (4, 5), "signed contract: expected 4 or 5 fields")
         expect(type(v[0]) is int and v[0] == CONTRACT_VERSION, "signed contract: unknown version")
         owner_sig = as_bytes(v[2], "owner signature", max_size=SIG_BYTES)
         host_sig = as_bytes(v[3], "host signature", max_size=SIG_BYTES)
         expect(len(owner_sig) in (0, SIG_BYTES), "owner signature: expected 0 or 64 bytes")
         expect(len(host_sig) in (0, SIG_BYTES), "host signature: expected 0 or 64 bytes")
-        return cls(Contract.from_body(v[1]), owner_sig, host_sig)
+        ended, delete_sig = 0, b""
+        if len(v) == 5:
+            e = as_list(v[4], "contract end notice", 2)
+            expect(len(e) == 2, "contract end notice: expected 2 fields")
+            ended = as_int(e[0], "contract ended", 0, MAX_TIME)
+            delete_sig = as_bytes(e[1], "delete signature", size=SIG_BYTES)
+        return cls(Contract.from_body(v[1]), owner_sig, host_sig, ended, delete_sig)
 
     @classmethod
     def decode(cls, data: bytes) -> "SignedContract":

@@ -31,7 +31,8 @@ force during ``P``:
 
 1. Its *paid windows* are the contract terms intersected with ``P``
    (overlapping contracts for the same share and host are merged, so a
-   renewal is never paid twice).
+   renewal is never paid twice). A term ends early where the owner deleted
+   the share (:attr:`~xcore.contracts.contract.SignedContract.until`).
 2. An audit counts if its attestation verifies against the contract
    (:func:`~xcore.contracts.audit.classify_attestation`), its challenge was
    issued inside a paid window, and its challenger is not the host (and is in
@@ -178,13 +179,22 @@ def payouts(period: str, contracts: Iterable[SignedContract], attestations: Iter
     if cover < 0:
         raise InvalidParameter("cover must not be negative")
     shares: dict[tuple[bytes, bytes], _Share] = {}
+    verified = []
     for sc in contracts:
         try:
             sc.verify()
         except RemoteProtocolError:
             continue
+        verified.append(sc)
+    # a contract the owner ended early (it deleted the share) is paid until
+    # then, even where a copy from before the delete is also in the input
+    until: dict[bytes, int] = {}
+    for sc in verified:
+        d = sc.contract.digest()
+        until[d] = min(until.get(d, sc.until), sc.until)
+    for sc in verified:
         c = sc.contract
-        a, b = max(c.start, p_start), min(c.end, p_end)
+        a, b = max(c.start, p_start), min(until[c.digest()], p_end)
         if a >= b:
             continue
         s = shares.setdefault((c.host_id, c.share_hash), _Share(c.size, [], [], []))
@@ -207,7 +217,7 @@ def payouts(period: str, contracts: Iterable[SignedContract], attestations: Iter
             continue  # self-audits prove nothing to a payer
         ev = Evidence.IRRELEVANT
         for sc in s_opt.contracts:
-            if issued < sc.contract.end:
+            if issued < until[sc.contract.digest()]:
                 ev = classify_attestation(att, sc.contract)  # contracts verified above
                 if ev is not Evidence.IRRELEVANT:
                     break

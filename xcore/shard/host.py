@@ -70,6 +70,9 @@ class HostService:
         self.counters: dict[str, int] = {}
         self.on_stored: Callable[[bytes], None] | None = None
         self.on_deleted: Callable[[bytes], None] | None = None
+        # an owner's signed DELETE: (share, owner key, ts, signature), the
+        # proof that ends the owner's contract for it early
+        self.on_owner_deleted: Callable[[bytes, bytes, int, bytes], None] | None = None
         self.segment_of: dict[bytes, bytes] = {}
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
@@ -581,6 +584,8 @@ class HostService:
             self._count("deletes_unauthorized")
             await fs.send(ERR, E_UNAUTHORIZED, refused)
             return
+        if self.on_owner_deleted:
+            self.on_owner_deleted(share_hash, owner, ts, sig)
         if not owners and self.on_deleted:
             self.on_deleted(share_hash)
         self._count("deletes")

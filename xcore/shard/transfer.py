@@ -284,6 +284,14 @@ class HostConnection:
         self.lock = asyncio.Lock()
         self.broken = False
 
+    @property
+    def usable(self) -> bool:
+        """Still worth sending a request on: not broken, and not hung up by
+        the host (hosts close connections idle past their timeout; a reused
+        connection must not turn that into a failure of the host)."""
+        return (not self.broken and not self.fs.writer.is_closing()
+                and not self.fs.reader.at_eof())
+
     @classmethod
     async def connect(cls, addr: tuple[str, int], identity: Identity, expected_id: bytes | None,
                       token_bytes: Callable[[int], bytes], timeout: float = 10.0,
