@@ -57,6 +57,7 @@ DEFAULT_REPAIR_CLAIM_TTL = 120.0  # seconds a leader's claim holds unless renewe
 DEFAULT_REPAIR_RATE = 50e6  # bytes/s of repair traffic per node
 DEFAULT_AUDIT_INTERVAL = 300.0
 DEFAULT_AUDIT_RATE = 4.0  # audits per contract per day
+DEFAULT_EXPIRE_INTERVAL = 3600.0  # how often a host drops shares whose grants all expired
 MAX_STATE_BYTES = 256 << 20
 PACKAGE_BOOTSTRAP = Path(__file__).resolve().parent.parent / "bootstrap_nodes.txt"
 
@@ -193,6 +194,7 @@ class NodeService:
         self.host: HostService | None = None
         self.tcp_address: tuple[str, int] | None = None
         self._announcer: asyncio.Task[None] | None = None
+        self._expirer: asyncio.Task[None] | None = None
         self._repair_task: asyncio.Task[None] | None = None
         self.repairer: Any = None
         self._audit_task: asyncio.Task[None] | None = None
@@ -234,6 +236,8 @@ class NodeService:
                 atomic_write(self.data_dir / PID_NAME, f"{os.getpid()}\n".encode())
             self._saver = asyncio.create_task(self._save_loop())
             self._announcer = asyncio.create_task(self._announce_loop())
+            self._expirer = asyncio.create_task(self._expire_loop(
+                float(self.config.get("expire_interval", DEFAULT_EXPIRE_INTERVAL))))
             from xcore.repairer import Repairer
             self.repairer = Repairer(
                 self, interval=float(self.config.get("repair_interval", DEFAULT_REPAIR_INTERVAL)),
@@ -285,15 +289,16 @@ class NodeService:
     def kill(self) -> None:
         """Die at once, as with SIGKILL (used by the simulator): tasks stop,
         nothing is saved; the network side is cut by the simulated network."""
-        for task in (self._saver, self._announcer, self._repair_task, self._audit_task):
+        for task in (self._saver, self._announcer, self._expirer, self._repair_task,
+                     self._audit_task):
             if task is not None:
                 task.cancel()
         if self.driver is not None:
             self.driver.close()
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._saver, self._announcer, self._repair_task, self._audit_task)
-                 if t is not None]
+        tasks = [t for t in (self._saver, self._announcer, self._expirer, self._repair_task,
+                             self._audit_task) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -337,6 +342,21 @@ class NodeService:
                     self.announce()
                     last_free = free
             await asyncio.sleep(ANNOUNCE_INTERVAL if last_free >= 0 else 0.5)
+
+    async def _expire_loop(self, interval: float) -> None:
+        """Hosts keep a share while some owner's grant (or a repair's segment
+        authorisation) for it runs; afterwards the space is free again."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.host is None:
+                continue
+            try:
+                dropped = await self.host.expire()
+            except OSError as exc:
+                log.error("cannot expire shares: %s", exc)
+                continue
+            if dropped:  # (the announce loop publishes the space freed)
+                log.info("dropped %d share(s) whose grants expired", dropped)
 
     def _share_stored(self, share_hash: bytes) -> None:
         if self.driver is None or self.tcp_address is None:

@@ -615,6 +615,74 @@ def test_delete_keeps_the_share_while_another_owner_holds_a_grant(data_dir: Path
     run_host(data_dir, body)
 
 
+def test_shares_go_when_every_grant_has_expired(data_dir: Path) -> None:
+    """The host frees what nobody pays for any more: a share stays while one
+    owner's grant (or a repair's segment authorisation) runs, and goes, with
+    its segment record, once all have expired. Owners files are written only
+    when an owner drops out."""
+    from xcore.contracts.segments import segment_id
+    short, both, repaired = payload(500, seed=41), payload(600, seed=42), payload(700, seed=43)
+    second = ident(104)
+    deleted: list[bytes] = []
+
+    async def body(rig: Rig) -> None:
+        rig.host.on_deleted = deleted.append
+        t0 = rig.clock.now
+        conn = await rig.connect(rig.host_id.node_id)
+        await conn.put_share(h(short), short, rig.grant(h(short), expires=t0 + 100),
+                             seg_record(rig, [h(short), h(both)]))
+        await rig.put(conn, both, expires=t0 + 100)
+        await rig.put(conn, both, owner=second, expires=t0 + 300)
+        await conn.put_share(h(repaired), repaired, None,
+                             seg_record(rig, [h(repaired)], until=t0 + 200))
+        assert await rig.host.expire() == 0
+        mtime = rig.host._owners_path(h(both)).stat().st_mtime_ns
+        rig.clock.now = t0 + 150
+        assert await rig.host.expire() == 1  # the first owner's grants ran out
+        assert deleted == [h(short)] and not rig.host.store.has(h(short))
+        assert rig.host.owners(h(both)) == {second.pubkey: int(t0 + 300)}
+        assert segment_id([h(short), h(both)]) in rig.host.segments()  # "both" is still here
+        rig.clock.now = t0 + 250
+        assert await rig.host.expire() == 1 and deleted[-1] == h(repaired)
+        assert rig.host._owners_path(h(both)).stat().st_mtime_ns != mtime
+        mtime = rig.host._owners_path(h(both)).stat().st_mtime_ns
+        assert await rig.host.expire() == 0  # nothing changed: nothing rewritten
+        assert rig.host._owners_path(h(both)).stat().st_mtime_ns == mtime
+        rig.clock.now = t0 + 301
+        assert await rig.host.expire() == 1
+        assert rig.stored() == [] and rig.host.segments() == {}
+        assert rig.host.store.stats()["bytes_stored"] == 0
+
+    rig = run_host(data_dir, body)
+    assert rig.counters["grants_expired"] == 3
+
+
+def test_expiry_keeps_shares_it_cannot_account_for_until_they_are_orphans(
+        data_dir: Path) -> None:
+    """A share whose owners file is unreadable is kept; one with no owners file
+    (a crash between writing it and recording its owner, or a PUT in flight)
+    goes only after a day without one."""
+    from xcore.shard.host import ORPHAN_AGE
+    garbled, orphan = payload(500, seed=44), payload(600, seed=45)
+
+    async def body(rig: Rig) -> None:
+        conn = await rig.connect(rig.host_id.node_id)
+        await rig.put(conn, garbled, expires=rig.clock.now + 10)
+        await rig.put(conn, orphan, expires=rig.clock.now + 10 * ORPHAN_AGE)
+        rig.host._owners_path(h(garbled)).write_bytes(b"\xc1 not msgpack")
+        rig.host._owners_path(h(orphan)).unlink()
+        rig.clock.now += 100
+        assert await rig.host.expire() == 0
+        rig.clock.now += ORPHAN_AGE - 1
+        assert await rig.host.expire() == 0
+        rig.clock.now += 200
+        assert await rig.host.expire() == 1
+        assert rig.stored() == [h(garbled)]
+
+    rig = run_host(data_dir, body)
+    assert rig.counters["orphans_dropped"] == 1 and rig.counters["owners_unreadable"] == 3
+
+
 def test_refused_request_leaves_the_connection_usable(data_dir: Path) -> None:
     """An ERR answer is a clean refusal, not a protocol failure: the host keeps
     the session open, so the client should too (one TCP + handshake per

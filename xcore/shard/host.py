@@ -42,6 +42,7 @@ from xcore.shard.transfer import (
 
 log = logging.getLogger(__name__)
 DELETE_SKEW = 600
+ORPHAN_AGE = 24 * 3600  # a share with no owners file this long was never acknowledged
 
 
 class HostService:
@@ -70,6 +71,7 @@ class HostService:
         self.counters: dict[str, int] = {}
         self.on_stored: Callable[[bytes], None] | None = None
         self.on_deleted: Callable[[bytes], None] | None = None
+        self._orphans: dict[bytes, float] = {}  # shares seen with no owners file, since
         # an owner's signed DELETE: (share, owner key, ts, signature), the
         # proof that ends the owner's contract for it early
         self.on_owner_deleted: Callable[[bytes, bytes, int, bytes], None] | None = None
@@ -140,21 +142,64 @@ class HostService:
             except OSError:
                 pass
 
-    def expire_grants(self) -> int:
-        """Drop shares whose every grant has expired. Returns shares deleted."""
+    def expire_grants(self) -> list[bytes]:
+        """Drop the shares whose every grant (or repair authorisation) has
+        expired, and orphans: shares with no owners file for ``ORPHAN_AGE``
+        (a crash between writing a share and recording its owner; the
+        uploader never got an OK). A share whose owners file cannot be read
+        is kept. Returns the hashes dropped.
+
+        Blocking file work: call :meth:`expire` (which holds the lock PUTs
+        and DELETEs update owners files under) unless nothing else runs."""
         now = self.clock()
-        dropped = 0
-        for h in self.store.list():
-            owners = {k: v for k, v in self.owners(h).items() if v > now}
-            if not owners:
-                self.store.delete(h)
-                self._set_owners(h, {})
-                dropped += 1
-                if self.on_deleted:
-                    self.on_deleted(h)
-            else:
-                self._set_owners(h, owners)
+        dropped = []
+        held = self.store.list()
+        for h in set(self._orphans) - set(held):
+            del self._orphans[h]
+        for h in held:
+            why = self._expiry(h, now)
+            if why is None:
+                continue
+            self._count(why)
+            self._orphans.pop(h, None)
+            self.store.delete(h)
+            self._set_owners(h, {})
+            self._forget_segment(h)
+            dropped.append(h)
         return dropped
+
+    def _expiry(self, share_hash: bytes, now: float) -> str | None:
+        """Why ``share_hash`` goes now (the counter to bump), or None to keep it."""
+        try:
+            doc = unpack_bounded(self._owners_path(share_hash).read_bytes(), 1 << 20)
+        except FileNotFoundError:
+            # maybe a PUT between its write and its owner: only a share seen
+            # without owners for ORPHAN_AGE (by our clock) is dropped
+            since = self._orphans.setdefault(share_hash, now)
+            return "orphans_dropped" if now - since >= ORPHAN_AGE else None
+        except (OSError, RemoteProtocolError):
+            doc = None
+        self._orphans.pop(share_hash, None)
+        if not isinstance(doc, dict):
+            self._count("owners_unreadable")  # kept: never guess data away
+            return None
+        owners = {k: v for k, v in doc.items() if isinstance(k, bytes) and isinstance(v, int)}
+        live = {k: v for k, v in owners.items() if v > now}
+        if not live:
+            return "grants_expired"
+        if live != owners:
+            self._set_owners(share_hash, live)
+        return None
+
+    async def expire(self) -> int:
+        """:meth:`expire_grants` off the event loop, then the ``on_deleted``
+        callbacks (the node stops announcing the dropped shares)."""
+        async with self._meta_lock:
+            dropped = await run_blocking(self.expire_grants, threads=self.threads)
+        for h in dropped:
+            if self.on_deleted:
+                self.on_deleted(h)
+        return len(dropped)
 
     def stats(self) -> dict[str, Any]:
         st: dict[str, Any] = dict(self.store.stats())
