@@ -249,9 +249,12 @@ class _Progress:
             return
         import time
         done, total = int(p.get("done", 0)), max(1, int(p.get("total", 1)))
-        rate = done / max(1e-9, time.monotonic() - self.start) / 1e6
         bar = "#" * int(30 * done / total)
-        sys.stderr.write(f"\r{p.get('op', '')} [{bar:<30}] {100 * done // total:3d}% {rate:7.1f} MB/s")
+        if p.get("unit") == "files":
+            tail = f"{done}/{total} files"
+        else:
+            tail = f"{done / max(1e-9, time.monotonic() - self.start) / 1e6:7.1f} MB/s"
+        sys.stderr.write(f"\r{p.get('op', '')} [{bar:<30}] {100 * done // total:3d}% {tail}")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -289,6 +292,9 @@ async def _client_op(data: Path, op: str, args: dict[str, Any], seeds: tuple[str
                 return await client.ls()
             if op == "rm":
                 return await client.rm(parse_file_id(args["file_id"]))
+            if op == "renew":
+                ids = [parse_file_id(f) for f in args["file_ids"]] or None
+                return await client.renew(ids, progress=progress)
             raise click.UsageError(op)
         finally:
             client.close()
@@ -359,6 +365,31 @@ def rm_cmd(data: Path, bootstrap: tuple[str, ...], as_json: bool, file_id: str) 
     """Remove FILE_ID from your index and tell its hosts to drop its shares."""
     res = run_async(_client_op(data, "rm", {"file_id": file_id}, bootstrap, None))
     emit(res, as_json, lambda r: f"removed {r['name']} ({r['shares_deleted']} shares deleted)")
+
+
+@main.command("renew")
+@data_option
+@bootstrap_option
+@json_option
+@click.argument("file_ids", nargs=-1)
+def renew_cmd(data: Path, bootstrap: tuple[str, ...], as_json: bool, file_ids: tuple[str, ...]) -> None:
+    """Extend your hold on FILE_IDS (default: every file) for another year.
+
+    Hosts keep a share while some grant for it runs (a year from the put or
+    the last renew) and drop it afterwards. No bytes are uploaded again."""
+    bar = _Progress(not as_json)
+    try:
+        res = run_async(_client_op(data, "renew", {"file_ids": list(file_ids)}, bootstrap, bar))
+    finally:
+        bar.close()
+    emit(res, as_json, lambda r: (
+        f"renewed {r['files']} file(s) until {_utc(r['until'])}: {r['renewed']} share copies"
+        f" ({r['not_held']} no longer held, {r['failed']} unreachable)"))
+
+
+def _utc(ts: int) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
 @main.command("repair")

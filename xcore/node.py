@@ -522,6 +522,17 @@ class NodeService:
             finally:
                 client.close()
 
+        @with_progress
+        async def renew(args: dict[str, Any], progress: Any = None) -> Any:
+            from xcore.client.files import parse_file_id
+            client = client_for(args)
+            ids = args.get("file_ids") or []
+            try:
+                return await client.renew([parse_file_id(str(f)) for f in ids] or None,
+                                          progress=progress)
+            finally:
+                client.close()
+
         async def hosts(args: dict[str, Any]) -> Any:
             from xcore.client.files import host_table
             return await host_table(self)
@@ -548,7 +559,7 @@ class NodeService:
                                            dict(args.get("inxt") or {}))
 
         return {"status": status, "dht_put": dht_put, "dht_get": dht_get, "stop": stop,
-                "put": put, "get": get, "ls": ls, "rm": rm, "hosts": hosts, "repair": repair,
+                "put": put, "get": get, "ls": ls, "rm": rm, "renew": renew, "hosts": hosts, "repair": repair,
                 "audit": audit, "payout": payout}
 
 

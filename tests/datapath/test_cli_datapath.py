@@ -231,6 +231,24 @@ def test_wrong_passphrase_is_one_clear_line(net: Net) -> None:
     one_line_error(r, "wrong passphrase")
 
 
+def test_renew_through_the_node_and_from_another_machine(net: Net) -> None:
+    """`xcore renew` (every file, or the ones named) extends the grants where
+    the shares are: 8 data shares and 5 manifest copies, a contract each."""
+    ours = ok_json("renew", "--data", str(net.data("n01")))
+    assert (ours["files"], ours["renewed"], ours["contracts"], ours["not_held"],
+            ours["failed"]) == (1, 13, 13, 0, 0)
+    assert ours["until"] > time.time() + 364 * 86400
+    r = net.remote("renew", "--json", net.file_id)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["renewed"] == 13
+    r = net.remote("renew", "ab" * 16)
+    one_line_error(r, "no file")
+    # the file is still whole
+    out = net.scratch / "renewed.out"
+    ok_json("get", "--data", str(net.data("n01")), "-o", str(out), net.file_id)
+    assert out.read_bytes() == net.file.read_bytes()
+
+
 def test_rm_then_ls_is_empty(net: Net) -> None:
     res = json.loads(net.remote("rm", "--json", net.file_id).stdout or "null")
     assert res is not None and res["file_id"] == net.file_id and res["shares_deleted"] >= 8

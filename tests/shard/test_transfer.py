@@ -683,6 +683,111 @@ def test_expiry_keeps_shares_it_cannot_account_for_until_they_are_orphans(
     assert rig.counters["orphans_dropped"] == 1 and rig.counters["owners_unreadable"] == 3
 
 
+# -- renewals -----------------------------------------------------------------------------
+
+
+def offer(rig: Rig, data: bytes, *, root: bytes | None = None, end: float | None = None) -> bytes:
+    """The owner's half-signed contract for ``data`` on the rig's host."""
+    from xcore.contracts.contract import Contract, SignedContract
+    c = Contract.for_share(data, k=1, n=2, start=int(rig.clock.now),
+                           end=int(rig.clock.now + 2 * TERM if end is None else end), price=5,
+                           host_pubkey=rig.host_id.pubkey, owner_pubkey=rig.owner.pubkey,
+                           merkle_root=root)
+    return SignedContract(c).sign_as_owner(rig.owner).encode()
+
+
+def test_renew_extends_the_owners_hold_without_moving_bytes(data_dir: Path) -> None:
+    """RENEW: a later grant, a later segment record (repair stays authorised)
+    and a new contract, countersigned, for a share the host already has."""
+    from xcore.contracts.contract import SignedContract
+    from xcore.contracts.segments import segment_id
+    data = payload(5000, seed=51)
+    sh = h(data)
+    contracts: list[SignedContract] = []
+
+    async def body(rig: Rig) -> None:
+        rig.host.on_contract = contracts.append
+        conn = await rig.connect(rig.host_id.node_id)
+        t0 = rig.clock.now
+        await conn.put_share(sh, data, rig.grant(sh, expires=t0 + TERM), seg_record(rig, [sh, sh]))
+        bytes_in = rig.counters["bytes_in"]
+        rig.clock.now += TERM / 2
+        later = t0 + 3 * TERM
+        signed = await conn.renew_share(sh, rig.grant(sh, expires=later),
+                                        seg_record(rig, [sh, sh], until=later), offer(rig, data))
+        assert signed is not None
+        sc = SignedContract.decode(signed)
+        sc.verify()
+        assert contracts == [sc]
+        assert rig.host.owners(sh) == {rig.owner.pubkey: int(later)}
+        assert rig.host.segments()[segment_id([sh, sh])][1].until == int(later)
+        assert rig.counters["bytes_in"] == bytes_in  # no byte sent again
+        # an earlier record does not replace a later one, nor another owner's
+        await conn.renew_share(sh, rig.grant(sh, expires=later), seg_record(rig, [sh, sh]))
+        assert rig.host.segments()[segment_id([sh, sh])][1].until == int(later)
+        rig.clock.now = t0 + 2 * TERM  # past the first grant, within the renewed one
+        assert await rig.host.expire() == 0 and rig.stored() == [sh]
+
+    rig = run_host(data_dir, body)
+    assert rig.counters["renewals"] == 2
+
+
+@pytest.mark.parametrize("case", ["missing share", "expired grant", "other host", "other share",
+                                  "forged grant", "other owner's segment", "foreign contract"])
+def test_renew_refusals_change_nothing_and_keep_the_connection(data_dir: Path, case: str) -> None:
+    data, other = payload(3000, seed=52), payload(3000, seed=53)
+    sh = h(data)
+    stranger = ident(105)
+
+    async def body(rig: Rig) -> None:
+        conn = await rig.connect(rig.host_id.node_id)
+        await rig.put(conn, data)
+        before = rig.host.owners(sh)
+        grant, seg, contract = rig.grant(sh, expires=rig.clock.now + 5 * TERM), None, None
+        target = sh
+        err: type[Exception] = BadSignature
+        if case == "missing share":
+            target, grant, err = h(other), rig.grant(h(other)), ShareNotFound
+        elif case == "expired grant":
+            grant = rig.grant(sh, expires=rig.clock.now - 1)
+        elif case == "other host":
+            grant = rig.grant(sh, host_id=bytes(20))
+        elif case == "other share":
+            grant = rig.grant(h(other))
+        elif case == "forged grant":
+            grant = Grant(grant.share_hash, grant.host_id, grant.expires, grant.owner_pubkey,
+                          stranger.sign(b"x"))
+        elif case == "other owner's segment":
+            seg = seg_record(rig, [sh], owner=stranger)
+        else:
+            from xcore.contracts.contract import Contract, SignedContract
+            c = Contract.for_share(data, k=1, n=1, start=int(rig.clock.now),
+                                   end=int(rig.clock.now + TERM), price=5,
+                                   host_pubkey=rig.host_id.pubkey, owner_pubkey=stranger.pubkey)
+            contract = SignedContract(c).sign_as_owner(stranger).encode()
+        with pytest.raises(err):
+            await conn.renew_share(target, grant, seg, contract)
+        assert rig.host.owners(sh) == before
+        await still_serves(rig)
+        assert await conn.get_share(sh) == data  # the same connection still works
+
+    rig = run_host(data_dir, body)
+    assert rig.counters.get("renewals", 0) == 0
+
+
+def test_renew_with_a_contract_not_matching_the_share_signs_nothing(data_dir: Path) -> None:
+    data = payload(4000, seed=54)
+
+    async def body(rig: Rig) -> None:
+        conn = await rig.connect(rig.host_id.node_id)
+        sh = await rig.put(conn, data)
+        assert await conn.renew_share(sh, rig.grant(sh), None,
+                                      offer(rig, data, root=bytes(32))) is None
+
+    rig = run_host(data_dir, body)
+    assert rig.counters["contracts_refused"] == 1 and rig.counters["renewals"] == 1
+
+
 def test_refused_request_leaves_the_connection_usable(data_dir: Path) -> None:
     """An ERR answer is a clean refusal, not a protocol failure: the host keeps
     the session open, so the client should too (one TCP + handshake per

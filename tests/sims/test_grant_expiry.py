@@ -1,15 +1,20 @@
-"""Hosts free the space nobody pays for any more.
+"""Hosts free the space nobody pays for any more, and owners can renew.
 
 The real node code in virtual time (:func:`sims.protocol.run_sim`), with the
-client's grant term cut to six hours: an owner puts a file and goes away.
-While the grants run, every share, manifest copy and index copy is held;
-after they expire each host drops its shares (``HostService.expire``, run
-hourly by the node), forgets their segments and repairs nothing back.
+client's grant term cut to three hours. An owner puts two files and goes away.
+Two hours in, it renews one of them (``Client.renew``: later grants, new
+contracts and later segment records at every holder; no bytes move). Past
+the first term every share of the other file, its manifest copies and the
+old index copies are gone from every host (``HostService.expire``, run
+hourly by each node), their segments forgotten and nothing repaired back;
+the renewed file and the rewritten index are still whole, and a fresh
+client gets the file. Past the renewed term everything is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from typing import Any
 
@@ -17,8 +22,14 @@ import pytest
 
 import xcore.client.files as files
 from sims.protocol import ProtocolConfig, ProtocolSim, run_sim
+from xcore.contracts.contract import contract_key, parse_contract_record
 
 HOUR = 3600.0
+
+
+def _holding(sim: ProtocolSim, share_hash: bytes) -> int:
+    return sum(1 for h in sim.hosts if h.up and h.svc is not None and h.svc.host is not None
+               and h.svc.host.store.has(share_hash))
 
 
 def _stored(sim: ProtocolSim) -> int:
@@ -26,40 +37,75 @@ def _stored(sim: ProtocolSim) -> int:
                if h.up and h.svc is not None and h.svc.host is not None)
 
 
-def test_shares_are_dropped_once_their_grants_expire(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(files, "GRANT_TERM", int(6 * HOUR))
+def _contract_ends(sim: ProtocolSim, share_hash: bytes) -> set[int]:
+    return {parse_contract_record(r).contract.end for h in sim.hosts if h.svc is not None
+            for r in h.svc.dht.store.get(contract_key(share_hash), sim.loop.time())}
+
+
+def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(files, "GRANT_TERM", int(3 * HOUR))
     cfg = ProtocolConfig.from_dict({
         "sim": {"nodes": 8, "duration_days": 1.0},
         "data": {"files": 1, "file_size_mib": 0.25, "redundancy": "2/4"},
-        "repair": {"interval_minutes": 30, "grace_minutes": 60},
-        "audit": {"interval_minutes": 2 * 60},
+        "repair": {"interval_minutes": 60, "grace_minutes": 60},
+        "audit": {"interval_minutes": 6 * 60},
     })
 
     async def main(sim: ProtocolSim) -> dict[str, Any]:
         await sim.setup()
         svc, owner = await sim._client("owner")
-        path = sim.workdir / "file.bin"
-        path.write_bytes(random.Random(6).randbytes(256 * 1024))
-        await owner.put(path, sim.red)
+        shares: dict[str, set[bytes]] = {}
+        ids: dict[str, bytes] = {}
+        for name in ("kept", "dropped"):
+            path = sim.workdir / name
+            path.write_bytes(random.Random(name).randbytes(256 * 1024))
+            res = await owner.put(path, sim.red, name=name)
+            ids[name] = bytes.fromhex(res["file_id"])
+            entry = await owner.find_entry(ids[name])
+            man = await owner.manifest(entry)
+            shares[name] = {s.hash for seg in man.segments for s in seg.shares} | {
+                entry.manifest_hash}
+            if name == "kept":
+                sim.file_ids.append((ids[name], hashlib.sha256(path.read_bytes()).hexdigest()))
         owner.close()
         await svc.stop()
         held = _stored(sim)
-        await asyncio.sleep(4 * HOUR)
+        await asyncio.sleep(2 * HOUR)
         still = _stored(sim)
-        await asyncio.sleep(3 * HOUR)  # past the term, and an hourly expiry run
+        svc, owner = await sim._client("owner")
+        renewed = await owner.renew([ids["kept"]])
+        owner.close()
+        await svc.stop()
+        ends = {h: _contract_ends(sim, h) for h in shares["kept"]}
+        await asyncio.sleep(2.2 * HOUR)  # past the first term, and an hourly expiry run
+        after = {name: {h: _holding(sim, h) for h in hs} for name, hs in shares.items()}
+        ok, corrupt = await sim.fetch_all()  # a fresh client: index, manifest, data
+        svc, owner = await sim._client("owner2")
+        listed = [e["name"] for e in await owner.ls()]
+        owner.close()
+        await svc.stop()
+        await asyncio.sleep(2 * HOUR)  # past the renewed term, and an expiry run
         hosts = [h.svc.host for h in sim.hosts if h.svc is not None and h.svc.host is not None]
         return {
-            "held": held, "still": still, "after": _stored(sim),
+            "held": held, "still": still, "renewed": renewed, "ends": ends, "after": after,
+            "fetched": (ok, corrupt), "listed": listed, "finally": _stored(sim),
             "segments": sum(len(host.segments()) for host in hosts),
-            "expired": sum(host.counters.get("grants_expired", 0) for host in hosts),
             "repairs": sum(len(h.svc.repairer.events) for h in sim.hosts
                            if h.svc is not None and h.svc.repairer is not None),
-            "bytes": sum(host.store.stats()["bytes_stored"] for host in hosts),
+            "start": sim.start,
         }
 
     _, out = run_sim(cfg, 31, main)
-    # 4 data shares, 5 manifest copies, 5 copies of each index blob written
-    assert out["held"] >= 4 + 5 + 5 and out["still"] == out["held"]
-    assert out["after"] == 0 and out["bytes"] == 0 and out["segments"] == 0
-    assert out["expired"] == out["held"]
+    assert out["held"] >= 2 * (4 + 5) + 5 and out["still"] == out["held"]
+    r = out["renewed"]
+    # 4 data shares and 5 manifest copies renewed where they are, with contracts
+    assert (r["files"], r["renewed"], r["contracts"], r["not_held"], r["failed"]) == (1, 9, 9, 0, 0)
+    for h, ends in out["ends"].items():  # each holder's contract now runs to the new term
+        assert max(ends) == r["until"], (h.hex()[:8], ends)
+    assert all(n == 0 for n in out["after"]["dropped"].values()), out["after"]["dropped"]
+    assert sorted(out["after"]["kept"].values()) == [1] * 4 + [5], out["after"]["kept"]
+    assert out["fetched"] == (1, 0)
+    # (the index keeps listing a file left to expire, until it is removed)
+    assert sorted(out["listed"]) == ["dropped", "kept"]
     assert out["repairs"] == 0
+    assert out["finally"] == 0 and out["segments"] == 0

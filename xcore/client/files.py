@@ -45,13 +45,14 @@ from xcore.client.index import (
 from xcore.client.keys import OwnerKeys
 from xcore.client.manifest import Manifest, SegmentRef, ShareRef, open_manifest, seal_manifest
 from xcore.contracts.hosts import HostInfo, loc_address, loc_key, read_hosts
-from xcore.contracts.contract import Contract, SignedContract, share_merkle_root
+from xcore.contracts.contract import AUDIT_BLOCK, Contract, SignedContract, share_merkle_root
 from xcore.contracts.segments import make_segment_record
 from xcore.contracts.selection import select_hosts
 from xcore.crypto.stream import CtrStream
 from xcore.dht.records import Record
 from xcore.errors import (
-    CapacityExceeded, LookupFailed, NotEnoughShares, NotFound, ShareCorrupted, XcoreError,
+    CapacityExceeded, LookupFailed, NotEnoughShares, NotFound, ShareCorrupted, ShareNotFound,
+    XcoreError,
 )
 from xcore.shard.erasure import Redundancy, decode_segment, encode_segment, segment_size
 from xcore.net.streams import TCP, run_blocking
@@ -479,7 +480,7 @@ class Client:
         manifest = Manifest(1, file_id, name or path.name, size, int(self.now()), red.k, red.n,
                             seg_len, tuple(segments[i] for i in range(len(segments))))
         blob = seal_manifest(manifest, self.keys)
-        mhash, mhosts = await self.store_blob(blob, min(16, max(BLOB_COPIES, red.n - red.k + 1)))
+        mhash, mhosts = await self.store_blob(blob, manifest_copies(red))
         index_doc, seq, old = await self.read_index()
         entry = IndexEntry(file_id, manifest.name, size, manifest.created, mhash, tuple(mhosts),
                            len(blob))
@@ -645,6 +646,105 @@ class Client:
         deleted = sum(counts)
         deleted += await self.delete_blob(entry.manifest_hash, entry.manifest_hosts)
         return {"file_id": file_id.hex(), "name": entry.name, "shares_deleted": deleted}
+
+
+    # -- renew ---------------------------------------------------------------------
+
+    async def renew(self, file_ids: Iterable[bytes] | None = None,
+                    progress: Progress | None = None) -> dict[str, Any]:
+        """Extend the owner's hold on its files (all of them by default) for
+        another grant term from now: every host holding a share, or a copy
+        of a manifest, gets a later grant, a new contract and a later segment
+        record (so repair stays authorised), without the bytes moving. The
+        index is rewritten, which renews it too. Run it before the term of
+        the last put or renew ends: hosts drop shares once every grant for
+        them has expired.
+
+        Shares a host no longer holds are left to repair; ``not_held`` counts
+        them, ``failed`` counts holders that could not be reached."""
+        index_doc, seq, old = await self.read_index()
+        wanted = None if file_ids is None else set(file_ids)
+        entries = [e for e in index_doc.entries if wanted is None or e.file_id in wanted]
+        if wanted is not None and len(entries) < len(wanted):
+            lost = sorted(wanted - {e.file_id for e in entries})
+            raise NotFound(f"no file {lost[0].hex()} in this owner's index")
+        until = int(self.now()) + GRANT_TERM
+        hosts = {h.node_id: h for h in await self.hosts(refresh=True)}
+        tally = {"renewed": 0, "contracts": 0, "not_held": 0, "failed": 0}
+        for n_done, entry in enumerate(entries):
+            man = await self.manifest(entry)
+            red = Redundancy(man.k, man.n)
+            for seg in man.segments:
+                await self._renew_segment([(s.hash, s.size, s.merkle_root, [(s.host_id, s.host_addr)])
+                                           for s in seg.shares], red, seg.length, until, hosts,
+                                          tally)
+            # the manifest: a mirrored segment of as many copies as put made
+            blob = await self.fetch_blob(entry.manifest_hash, entry.manifest_hosts)
+            copies = min(manifest_copies(red), len(hosts))
+            root = await run_blocking(share_merkle_root, blob, threads=self.threads)
+            item = (entry.manifest_hash, len(blob), root, list(entry.manifest_hosts))
+            await self._renew_segment([item] * copies, Redundancy(1, copies), len(blob), until,
+                                      hosts, tally)
+            if progress:
+                progress({"op": "renew", "done": n_done + 1, "total": len(entries),
+                          "unit": "files"})
+        await self.write_index(index_doc, seq, old)
+        return {"files": len(entries), "until": until, **tally}
+
+    async def _renew_segment(self, shares: list[tuple[bytes, int, bytes, list[tuple[bytes, str]]]],
+                             red: Redundancy, length: int, until: int,
+                             hosts: dict[bytes, HostInfo], tally: dict[str, int]) -> None:
+        """Renew one segment: ``shares`` = (hash, size, Merkle root, hosts
+        listed for it) per index; a mirror lists its hash at every index."""
+        from xcore.bootstrap import parse_address
+        hashes = [h for h, _, _, _ in shares]
+        seg_rec = make_segment_record(self.keys.signing, hashes, red.k, red.n, length, until,
+                                      REPAIR_PRICE_CAP, self.now())
+        seg_blob = seg_rec.encode()
+        publish = asyncio.create_task(self.dht_publish(seg_rec))
+        distinct = {h: (size, root, listed) for h, size, root, listed in shares}
+        found = await asyncio.gather(*(self.holders(h) for h in distinct))
+
+        async def one(h: bytes, size: int, root: bytes, host_id: bytes, addr: str) -> None:
+            now = int(self.now())
+            grant = Grant.create(self.keys.signing, h, host_id, until)
+            host = hosts.get(host_id)
+            half = None
+            if host is not None:
+                c = Contract(h, size, root, AUDIT_BLOCK, red.k, red.n, now, until,
+                             REPAIR_PRICE_CAP, host_id, host.pubkey, self.keys.pubkey)
+                half = SignedContract(c).sign_as_owner(self.keys.signing).encode()
+            try:
+                conn = await self.connect(host_id, parse_address(addr))
+                signed = await conn.renew_share(h, grant, seg_blob, half)
+            except ShareNotFound:
+                tally["not_held"] += 1
+                return
+            except (XcoreError, OSError, asyncio.TimeoutError):
+                tally["failed"] += 1
+                return
+            tally["renewed"] += 1
+            if signed is not None:
+                tally["contracts"] += 1
+                self.contracts[h] = signed
+
+        jobs = []
+        for (h, (size, root, listed)), extra in zip(distinct.items(), found):
+            where = dict(listed)
+            for host_id, addr in extra:
+                where.setdefault(host_id, addr)
+            jobs += [one(h, size, root, host_id, addr) for host_id, addr in where.items()]
+        await asyncio.gather(*jobs)
+        try:
+            await publish
+        except XcoreError:
+            pass  # the hosts hold the record too
+
+
+def manifest_copies(red: Redundancy) -> int:
+    """How many copies of a file's manifest are kept: at least n - k + 1, so
+    the manifest survives whatever the file's data survives."""
+    return min(16, max(BLOB_COPIES, red.n - red.k + 1))
 
 
 def prepare_segment(ciphertext: bytes, red: Redundancy

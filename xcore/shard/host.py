@@ -37,7 +37,7 @@ from xcore.shard.throttle import PeerLimits, TransferLimits
 from xcore.shard.transfer import (
     CHUNK, DATA, DELETE, E_BAD_REQUEST, E_BUSY, E_CAPACITY, E_CORRUPT, E_DISK_FULL,
     E_NOT_FOUND, E_UNAUTHORIZED, ERR, GET, HASH_BYTES, MAX_FRAME, MAX_SHARE, OK, PUT,
-    ANSWER, AUDIT, HAS, READY, SIZE, STAT, ConnectionClosed, FrameStream, Grant, delete_signing_bytes, server_handshake,
+    ANSWER, AUDIT, HAS, READY, RENEW, SIZE, STAT, ConnectionClosed, FrameStream, Grant, delete_signing_bytes, server_handshake,
 )
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,8 @@ class HostService:
             await self._put(fs, f, peer, ip)
         elif ftype == GET:
             await self._get(fs, f, peer, ip)
+        elif ftype == RENEW:
+            await self._renew(fs, f)
         elif ftype == DELETE:
             await self._delete(fs, f)
         elif ftype == AUDIT:
@@ -347,35 +349,8 @@ class HostService:
             half = SignedContract.decode(as_bytes(f[4], "contract", max_size=4096))
         if seg_blob is not None:
             seg_blob = as_bytes(seg_blob, "seg record", max_size=16 * 1024)
-        now = self.clock()
-        seg_info: SegmentInfo | None = None
         try:
-            if seg_blob is not None:
-                try:
-                    _, seg_info = decode_segment_record(seg_blob, now)
-                except (RecordRejected, RemoteProtocolError) as exc:
-                    raise BadSignature(f"bad segment record: {exc}") from exc
-                if share_hash not in seg_info.shares:
-                    raise BadSignature("segment record does not list this share")
-                if seg_info.until <= now:
-                    raise BadSignature("segment repair authorisation has expired")
-            if grant is not None:
-                if grant.share_hash != share_hash or grant.host_id != self.identity.node_id:
-                    raise BadSignature("grant is for another share or host")
-                if grant.expires <= now:
-                    raise BadSignature("grant has expired")
-                grant.verify()
-                owner, expires = grant.owner_pubkey, grant.expires
-            elif seg_info is not None:
-                owner, expires = seg_info.owner_pubkey, seg_info.until
-            else:
-                raise BadSignature("a PUT needs a grant or a segment record")
-            if half is not None:
-                c = half.contract
-                if (c.share_hash != share_hash or c.size != size
-                        or c.host_pubkey != self.identity.pubkey or c.owner_pubkey != owner):
-                    raise BadSignature("contract does not match this share, host or owner")
-                half.verify_owner()
+            owner, expires, seg_info = self._authorize(share_hash, size, grant, seg_blob, half)
         except BadSignature as exc:
             self._count("puts_unauthorized")
             await fs.send(ERR, E_UNAUTHORIZED, str(exc))
@@ -448,6 +423,81 @@ class HostService:
             raw = bytearray(path.read_bytes())
             raw[len(raw) // 2] ^= 0xFF
             path.write_bytes(bytes(raw))
+
+    def _authorize(self, share_hash: bytes, size: int, grant: Grant | None,
+                   seg_blob: bytes | None, half: SignedContract | None
+                   ) -> tuple[bytes, int, SegmentInfo | None]:
+        """Who may store ``share_hash`` here, until when: (owner key, expiry,
+        segment info). The owner's grant, else (a repair) the owner's segment
+        record; a contract offered with it must be the owner's, for this
+        share and this host. Raises :class:`BadSignature`."""
+        now = self.clock()
+        seg_info: SegmentInfo | None = None
+        if seg_blob is not None:
+            try:
+                _, seg_info = decode_segment_record(seg_blob, now)
+            except (RecordRejected, RemoteProtocolError) as exc:
+                raise BadSignature(f"bad segment record: {exc}") from exc
+            if share_hash not in seg_info.shares:
+                raise BadSignature("segment record does not list this share")
+            if seg_info.until <= now:
+                raise BadSignature("segment repair authorisation has expired")
+        if grant is not None:
+            if grant.share_hash != share_hash or grant.host_id != self.identity.node_id:
+                raise BadSignature("grant is for another share or host")
+            if grant.expires <= now:
+                raise BadSignature("grant has expired")
+            grant.verify()
+            owner, expires = grant.owner_pubkey, grant.expires
+        elif seg_info is not None:
+            owner, expires = seg_info.owner_pubkey, seg_info.until
+        else:
+            raise BadSignature("a PUT needs a grant or a segment record")
+        if seg_info is not None and seg_info.owner_pubkey != owner:
+            raise BadSignature("segment record and grant are from different owners")
+        if half is not None:
+            c = half.contract
+            if (c.share_hash != share_hash or c.size != size
+                    or c.host_pubkey != self.identity.pubkey or c.owner_pubkey != owner):
+                raise BadSignature("contract does not match this share, host or owner")
+            half.verify_owner()
+        return owner, expires, seg_info
+
+    async def _renew(self, fs: FrameStream, f: list[Any]) -> None:
+        """RENEW [hash, grant, seg record | nil, contract | nil]: the owner
+        extends its hold on a share this host already has (a later grant, a
+        later segment record for repair, a new contract); no bytes move."""
+        if len(f) != 4:
+            raise RemoteProtocolError("RENEW: expected 4 fields")
+        share_hash = as_bytes(f[0], "hash", size=HASH_BYTES)
+        grant = Grant.decode(f[1])
+        seg_blob = as_bytes(f[2], "seg record", max_size=16 * 1024) if f[2] is not None else None
+        half = (SignedContract.decode(as_bytes(f[3], "contract", max_size=4096))
+                if f[3] is not None else None)
+        if not self.store.has(share_hash):
+            self._count("renewals_not_found")
+            await fs.send(ERR, E_NOT_FOUND, "no such share")
+            return
+        try:
+            owner, expires, seg_info = self._authorize(share_hash, self.store.size_of(share_hash),
+                                                       grant, seg_blob, half)
+        except BadSignature as exc:
+            self._count("renewals_unauthorized")
+            await fs.send(ERR, E_UNAUTHORIZED, str(exc))
+            return
+        if seg_blob is not None and seg_info is not None:
+            await self._meta(self._remember_segment, share_hash, seg_info, seg_blob)
+        await self._meta(self._add_owner, share_hash, owner, expires)
+        self._count("renewals")
+        contract: dict[str, Any] = {}
+        if half is not None:
+            try:
+                data = await run_blocking(self.store.get, share_hash, threads=self.threads)
+                matched = await run_blocking(half.contract.matches, data, threads=self.threads)
+            except XcoreError:
+                data, matched = None, False
+            contract = self._sign_contract(half, data, matched)
+        await fs.send(OK, contract)
 
     async def _meta(self, fn: Callable[..., None], *args: Any) -> None:
         """Run an owners/segment file update (an fsynced atomic write) off the
@@ -534,8 +584,17 @@ class HostService:
         return self.data_dir / "segments" / seg_id.hex()
 
     def _remember_segment(self, share_hash: bytes, info: SegmentInfo, blob: bytes) -> None:
+        """Keep the segment record (the first one, or the owner's renewal of it:
+        a record from the same owner that authorises repair for longer)."""
         path = self._segment_path(info.segment_id)
-        if not path.exists():
+        try:
+            _, held = decode_segment_record(path.read_bytes(), self.clock())
+            newer = held.owner_pubkey == info.owner_pubkey and info.until > held.until
+        except FileNotFoundError:
+            newer = True
+        except (OSError, RecordRejected, RemoteProtocolError):
+            newer = True  # unreadable or expired: the new one is better
+        if newer:
             atomic_write(path, blob)
         self.segment_of[share_hash] = info.segment_id
 

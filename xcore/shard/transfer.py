@@ -24,6 +24,8 @@ Session (both ends authenticate with their node keys, principle 4)::
     GET [hash]                         ->
                                        <-  SIZE [size] DATA ... | ERR
     DELETE [hash, owner_pubkey, ts, sig] -> OK | ERR
+    RENEW [hash, grant, seg|nil, contract|nil] -> OK [{contract?}] | ERR   (a later
+                                              grant for a share the host has: no bytes)
     STAT []                            ->  OK [{capacity, free, shares}]
     HAS [hash]                         ->  OK [{has: bool, size}]
     AUDIT [challenge]                  ->  ANSWER [answer] | ERR   (xcore.contracts.audit)
@@ -72,6 +74,7 @@ HELLO, HELLO_ACK, AUTH = 1, 2, 3
 PUT, READY, DATA, OK, ERR = 10, 11, 12, 14, 15
 GET, SIZE = 20, 21
 DELETE = 30
+RENEW = 31
 STAT = 40
 HAS = 41
 AUDIT, ANSWER = 50, 51
@@ -388,6 +391,19 @@ class HostConnection:
             await self.fs.send(DELETE, share_hash, owner.pubkey, ts, sig)
             await self.fs.expect(OK)
         await self._guard(run())
+
+    async def renew_share(self, share_hash: bytes, grant: Grant, seg_record: bytes | None = None,
+                          contract: bytes | None = None) -> bytes | None:
+        """Extend the owner's hold on a share the host already has (a later
+        grant; a later segment record; a new contract, returned countersigned).
+        Raises :class:`~xcore.errors.ShareNotFound` if the host lacks it."""
+        async def run() -> bytes | None:
+            await self.fs.send(RENEW, share_hash, grant.encode(), seg_record, contract)
+            ok = await self.fs.expect(OK)
+            info = ok[0] if ok and isinstance(ok[0], dict) else {}
+            signed = info.get("contract")
+            return signed if isinstance(signed, bytes) else None
+        return await self._guard(run())  # type: ignore[no-any-return]
 
     async def stat(self) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
