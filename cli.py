@@ -67,6 +67,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 def main(ctx: Ctx, verbose: int) -> None:
     """xcore: a peer-to-peer, end-to-end encrypted storage network."""
     import logging
+    from xcore.alloc import limit_arenas
+    limit_arenas()  # before any worker thread exists (see xcore/alloc.py)
     ctx.verbose = verbose
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
