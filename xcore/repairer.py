@@ -66,6 +66,7 @@ class Repairer:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _running: bool = False
     _claims: dict[bytes, float] = field(default_factory=dict)  # segment -> our claim's expiry
+    _claim_recs: dict[bytes, bytes] = field(default_factory=dict)  # segment -> our claim record
 
     def __post_init__(self) -> None:
         self.planner = RepairPlanner(self.svc.identity.node_id, self.grace)
@@ -229,12 +230,14 @@ class Repairer:
             self._publish_claim(fresh)
         else:
             self._claims[info.segment_id] = float(rec.expires)
+            self._claim_recs[info.segment_id] = rec.encode()
         return True
 
     def _publish_claim(self, rec: Any) -> None:
         """(Re)publish our claim without waiting for the DHT (renewal while we work)."""
         seg = parse_claim(rec)
         self._claims[seg] = float(rec.expires)
+        self._claim_recs[seg] = rec.encode()  # what our repair PUTs show the hosts
         self.svc.driver.call(lambda t: self.svc.dht.publish(rec, t))
 
     async def _keep_claim(self, info: SegmentInfo) -> None:
@@ -360,7 +363,8 @@ class Repairer:
                                                             target.node_id, self.svc.env.token_bytes,
                                                             5.0, streams=self.svc.streams)
                         try:
-                            await conn.put_share(info.shares[i], data, None, blob)
+                            await conn.put_share(info.shares[i], data, None, blob,
+                                                 claim=self._claim_recs.get(info.segment_id))
                         finally:
                             conn.close()
                     except (XcoreError, OSError, asyncio.TimeoutError):
@@ -383,6 +387,7 @@ class Repairer:
             renewer.cancel()
             self.active.pop(ev.segment, None)
             self._claims.pop(info.segment_id, None)
+            self._claim_recs.pop(info.segment_id, None)
         self._count("repair_bytes", ev.bytes_down + ev.bytes_up)  # failed repairs move bytes too
         ev.seconds = round(self.svc.clock() - started, 3)
         self.events.append(ev)

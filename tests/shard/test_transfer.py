@@ -350,6 +350,14 @@ def test_expired_grant_is_refused_after_the_clock_moves(data_dir: Path) -> None:
 # -- segment records (the repair authorisation) -------------------------------------------
 
 
+def claim(rig: Rig, seg: bytes, by: Identity, ttl: float = 120.0) -> bytes:
+    """``by``'s repair claim on the segment of seg record ``seg`` (xcore.contracts.repair)."""
+    from xcore.contracts.repair import make_claim
+    from xcore.contracts.segments import decode_segment_record
+    _, info = decode_segment_record(seg, rig.clock.now)
+    return make_claim(by, info.segment_id, rig.clock.now, ttl).encode()
+
+
 def seg_record(rig: Rig, shares: list[bytes], *, owner: Identity | None = None,
                until: float | None = None) -> bytes:
     from xcore.contracts.segments import make_segment_record
@@ -379,8 +387,9 @@ def test_repair_put_with_only_a_segment_record_is_kept_for_its_owner(data_dir: P
     until = NOW + 2 * TERM
 
     async def body(rig: Rig) -> None:
-        repairer = await rig.connect(rig.host_id.node_id)  # not the owner: any node may repair
-        await repairer.put_share(h(data), data, None, seg_record(rig, [h(data)], until=until))
+        repairer = await rig.connect(rig.host_id.node_id, seed=60)  # any node may repair
+        seg = seg_record(rig, [h(data)], until=until)
+        await repairer.put_share(h(data), data, None, seg, claim=claim(rig, seg, ident(60)))
         assert await repairer.get_share(h(data)) == data
 
     rig = run_host(data_dir, body)
@@ -408,6 +417,61 @@ def test_a_mirrored_blob_is_kept_with_its_segment_record_and_forgotten_on_delete
     rig = run_host(data_dir, body)
     assert rig.stored() == [] and rig.host.segments() == {}
     assert not seg_path.exists()
+
+
+@pytest.mark.parametrize("case", ["no claim", "expired", "someone else's", "other segment",
+                                  "garbage"])
+def test_a_repair_without_the_senders_live_claim_is_refused(data_dir: Path, case: str) -> None:
+    """A repair PUT shows the repairer's claim on the segment: a fencing token,
+    so a leader stalled past its claim (a successor may have taken over)
+    cannot place a share after all."""
+    data = payload(2500, seed=56)
+
+    async def body(rig: Rig) -> None:
+        conn = await rig.connect(rig.host_id.node_id, seed=61)
+        seg = seg_record(rig, [h(data)])
+        token = {
+            "no claim": None,
+            "expired": claim(rig, seg, ident(61), ttl=30),
+            "someone else's": claim(rig, seg, ident(62)),
+            "other segment": claim(rig, seg_record(rig, [h(b"other")]), ident(61)),
+            "garbage": b"\x93\x01\x02",
+        }[case]
+        if case == "expired":
+            rig.clock.now += 31
+            seg = seg_record(rig, [h(data)])
+        with pytest.raises(BadSignature):
+            await conn.put_share(h(data), data, None, seg, claim=token)
+        await still_serves(rig)
+
+    rig = run_host(data_dir, body)
+    assert h(data) not in rig.stored() and rig.host.segments() == {}
+    assert rig.counters["puts_unauthorized"] == 1
+
+
+def test_a_repairer_stalled_past_its_claim_mid_upload_places_nothing(data_dir: Path) -> None:
+    """The claim was live when the PUT began; the sender stalled while its
+    bytes came in, past the claim's expiry: the host refuses at the end."""
+    data = payload(3 * CHUNK, seed=57)
+
+    async def body(rig: Rig) -> None:
+        raw = await Raw.open(rig)
+        await raw.handshake(ident(63))
+        seg = seg_record(rig, [h(data)])
+        await raw.fs.send(PUT, h(data), len(data), None, seg, None, claim(rig, seg, ident(63), 60))
+        assert (await raw.fs.expect(READY)) == [1]
+        await raw.fs.send(DATA, data[:CHUNK])
+        rig.clock.now += 61  # (the repairer froze here)
+        for off in range(CHUNK, len(data), CHUNK):
+            await raw.fs.send(DATA, data[off:off + CHUNK])
+        with pytest.raises(BadSignature, match="claim"):
+            await raw.fs.expect(OK)
+        raw.close()
+        await still_serves(rig)
+
+    rig = run_host(data_dir, body)
+    assert h(data) not in rig.stored()
+    assert rig.counters["puts_stale_claim"] == 1
 
 
 @pytest.mark.parametrize("case", ["share not listed", "expired", "garbage", "tampered",
@@ -633,8 +697,9 @@ def test_shares_go_when_every_grant_has_expired(data_dir: Path) -> None:
                              seg_record(rig, [h(short), h(both)]))
         await rig.put(conn, both, expires=t0 + 100)
         await rig.put(conn, both, owner=second, expires=t0 + 300)
-        await conn.put_share(h(repaired), repaired, None,
-                             seg_record(rig, [h(repaired)], until=t0 + 200))
+        rseg = seg_record(rig, [h(repaired)], until=t0 + 200)
+        await conn.put_share(h(repaired), repaired, None, rseg,
+                             claim=claim(rig, rseg, ident(2)))
         assert await rig.host.expire() == 0
         mtime = rig.host._owners_path(h(both)).stat().st_mtime_ns
         rig.clock.now = t0 + 150

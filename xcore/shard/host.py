@@ -28,7 +28,9 @@ from xcore.errors import (
 )
 from xcore.contracts.audit import Challenge, answer_challenge
 from xcore.contracts.contract import SignedContract
+from xcore.contracts.repair import parse_claim
 from xcore.contracts.segments import SegmentInfo, decode_segment_record
+from xcore.dht.records import decode_and_validate
 from xcore.errors import InvalidParameter, RecordRejected, StorageIOError
 from xcore.fsutil import atomic_write
 from xcore.net.streams import TCP, Listener, StreamNet, run_blocking
@@ -338,19 +340,22 @@ class HostService:
             raise RemoteProtocolError(f"unknown request type {ftype}")
 
     async def _put(self, fs: FrameStream, f: list[Any], peer: bytes, ip: str | None) -> None:
-        if len(f) not in (3, 4, 5):
-            raise RemoteProtocolError("PUT: expected 3 to 5 fields")
+        if len(f) not in (3, 4, 5, 6):
+            raise RemoteProtocolError("PUT: expected 3 to 6 fields")
         share_hash = as_bytes(f[0], "hash", size=HASH_BYTES)
         size = as_int(f[1], "size", 0, MAX_SHARE)
         grant = Grant.decode(f[2]) if f[2] is not None else None
         seg_blob = f[3] if len(f) >= 4 else None
         half: SignedContract | None = None
-        if len(f) == 5 and f[4] is not None:
+        if len(f) >= 5 and f[4] is not None:
             half = SignedContract.decode(as_bytes(f[4], "contract", max_size=4096))
         if seg_blob is not None:
             seg_blob = as_bytes(seg_blob, "seg record", max_size=16 * 1024)
+        claim = as_bytes(f[5], "claim", max_size=1024) if len(f) == 6 and f[5] is not None else None
         try:
             owner, expires, seg_info = self._authorize(share_hash, size, grant, seg_blob, half)
+            if grant is None and seg_info is not None:  # a repair: only by the leader,
+                self._check_claim(claim, seg_info, peer)     # while its claim holds
         except BadSignature as exc:
             self._count("puts_unauthorized")
             await fs.send(ERR, E_UNAUTHORIZED, str(exc))
@@ -381,6 +386,13 @@ class HostService:
                 raise RemoteProtocolError("more data than announced")
         data = bytes(buf)
         del buf
+        if grant is None and seg_info is not None:
+            try:  # again: the sender may have stalled while its bytes came in
+                self._check_claim(claim, seg_info, peer)
+            except BadSignature as exc:
+                self._count("puts_stale_claim")
+                await fs.send(ERR, E_UNAUTHORIZED, str(exc))
+                return
         contract = half.contract if half is not None else None
 
         def store_and_check() -> tuple[bool, bool | None]:
@@ -462,6 +474,24 @@ class HostService:
                 raise BadSignature("contract does not match this share, host or owner")
             half.verify_owner()
         return owner, expires, seg_info
+
+    def _check_claim(self, blob: bytes | None, info: SegmentInfo, peer: bytes) -> None:
+        # (peer: the sender's node ID, from the handshake)
+        """A repair PUT carries its sender's ``claim`` record on the segment
+        (xcore.contracts.repair): a fencing token. A leader that stalled past
+        its claim (a successor may have taken over since) is refused here,
+        not only by its own check before each step. Raises :class:`BadSignature`."""
+        if blob is None:
+            raise BadSignature("a repair needs the repairer's claim on the segment")
+        now = self.clock()
+        try:
+            rec = decode_and_validate(blob, now)  # (an expired record fails here)
+            if rec.kind != "claim" or parse_claim(rec) != info.segment_id:
+                raise BadSignature("the claim is for another segment")
+        except (RecordRejected, RemoteProtocolError) as exc:
+            raise BadSignature(f"repair claim: {exc}") from exc
+        if rec.signer_id != peer:
+            raise BadSignature("the claim is not the sender's")
 
     async def _renew(self, fs: FrameStream, f: list[Any]) -> None:
         """RENEW [hash, grant, seg record | nil, contract | nil]: the owner

@@ -17,7 +17,8 @@ Session (both ends authenticate with their node keys, principle 4)::
     then any number of requests, one at a time:
     PUT [hash, size, grant|nil, seg|nil] -> (grant: owner-signed storage grant;
                                               seg: the owner's signed segment record,
-                                              which also authorises repairs)
+                                              which also authorises repairs, sent
+                                              with the repairer's unexpired claim)
                                        <-  READY [need_data] | ERR
     DATA [bytes] ... (size bytes)      ->
                                        <-  OK [{}] | ERR
@@ -32,7 +33,10 @@ Session (both ends authenticate with their node keys, principle 4)::
 
 A PUT may carry a fifth field, the owner-signed half of a storage contract
 (xcore.contracts.contract); the host checks it against the bytes, adds its
-signature and returns it in the OK: ``OK [{"contract": signed}]``.
+signature and returns it in the OK: ``OK [{"contract": signed}]``. A repair
+PUT (no grant) carries a sixth, the repairer's signed ``claim`` record on the
+segment (xcore.contracts.repair), checked unexpired when the PUT arrives and
+again when its bytes are in: a fencing token against a stalled leader.
 
 ``sig_s`` signs ``tag || "server" || nonce_c || nonce_s || client_pubkey`` and
 ``sig_c`` signs ``tag || "client" || nonce_s || nonce_c || server_pubkey``: each
@@ -334,10 +338,13 @@ class HostConnection:
 
     async def put_share(self, share_hash: bytes, data: bytes, grant: Grant | None = None,
                         seg_record: bytes | None = None,
-                        contract: bytes | None = None) -> bytes | None:
+                        contract: bytes | None = None, claim: bytes | None = None
+                        ) -> bytes | None:
         """Store a share. ``grant`` is the owner's direct permission; a repair
-        sends ``seg_record`` (the owner's signed segment record) instead, and
-        an upload sends both so the host learns the segment for repair."""
+        sends ``seg_record`` (the owner's signed segment record) instead, with
+        its ``claim`` record on the segment (the host refuses a repair whose
+        claim has expired), and an upload sends both grant and segment
+        record so the host learns the segment for repair."""
         async def run() -> bytes | None:
             if len(data) > MAX_SHARE:
                 raise LocalProtocolError("share larger than 2 MiB")
@@ -345,8 +352,10 @@ class HostConnection:
                 raise LocalProtocolError("a PUT needs a grant or a segment record")
             fields: list[Any] = [share_hash, len(data),
                                  grant.encode() if grant is not None else None, seg_record]
-            if contract is not None:
+            if contract is not None or claim is not None:
                 fields.append(contract)
+            if claim is not None:
+                fields.append(claim)
             await self.fs.send(PUT, *fields)
             ready = await self.fs.expect(READY)
             if not (ready and ready[0] == 0):  # 0: the host has these bytes already
