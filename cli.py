@@ -352,10 +352,14 @@ def get_cmd(data: Path, out: Path, bootstrap: tuple[str, ...], as_json: bool, fi
 @bootstrap_option
 @json_option
 def ls_cmd(data: Path, bootstrap: tuple[str, ...], as_json: bool) -> None:
-    """List your files (works from any machine that has your mnemonic)."""
+    """List your files (works from any machine that has your mnemonic).
+
+    "until": hosts keep a file at least that long (a year from its put or its
+    last `xcore renew`)."""
     res = run_async(_client_op(data, "ls", {}, bootstrap, None))
-    emit(res, as_json, lambda rows: "\n".join(f"{r['file_id']}  {r['size']:>12}  {r['name']}"
-                                              for r in rows) or "(no files)")
+    emit(res, as_json, lambda rows: "\n".join(
+        f"{r['file_id']}  {r['size']:>12}  until {_utc(r['until'])}  {r['name']}"
+        for r in rows) or "(no files)")
 
 
 @main.command("rm")
@@ -385,13 +389,13 @@ def renew_cmd(data: Path, bootstrap: tuple[str, ...], as_json: bool, file_ids: t
     finally:
         bar.close()
     emit(res, as_json, lambda r: (
-        f"renewed {r['files']} file(s) until {_utc(r['until'])}: {r['renewed']} share copies"
+        f"renewed {r['files']} file(s) until {_utc(r['until'])} UTC: {r['renewed']} share copies"
         f" ({r['not_held']} no longer held, {r['failed']} unreachable)"))
 
 
 def _utc(ts: int) -> str:
     import time
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
 
 
 @main.command("repair")

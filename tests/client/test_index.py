@@ -51,6 +51,7 @@ entries = st.builds(
     manifest_hash=hash32,
     manifest_hosts=hosts,
     manifest_size=st.integers(1, 2 * 1024 * 1024),
+    until=st.one_of(st.just(0), st.integers(1, 2**40)),
 )
 indexes = st.lists(entries, max_size=6, unique_by=lambda e: e.file_id).map(
     lambda es: Index(tuple(es)))
@@ -112,7 +113,9 @@ def test_remove() -> None:
     (["index", 1, [entry(1).wire(), entry(1).wire()]], "duplicate file ID"),
     (["index", 2, []], "unsupported index version 2"),
     (["manifest", 1, []], "not an index"),
-    (["index", 1, [entry(1).wire()[:6]]], "expected 7 fields"),
+    (["index", 1, [entry(1).wire()[:6]]], "expected 7 or 8 fields"),
+    (["index", 1, [entry(1).wire() + [0]]], "until"),  # 0 is written as no field
+    (["index", 1, [entry(1).wire() + [5, 6]]], "more than 8"),
     (["index", 1, [[bytes(15)] + entry(1).wire()[1:]]], "file ID"),
     (["index", 1, [entry(1).wire()[:6] + [0]]], "manifest size"),
     (["index", 1, [entry(1).wire()[:5] + [[[bytes(20), ""]]] + [1]]], "address: empty"),
@@ -123,6 +126,13 @@ def test_remove() -> None:
 def test_decode_refuses_bad_indexes(doc: object, match: str) -> None:
     with pytest.raises(RemoteProtocolError, match=match):
         Index.decode(pack(doc))
+
+
+def test_entries_from_before_renewals_still_decode() -> None:
+    old = ["index", 1, [entry(1).wire()[:7]]]
+    assert Index.decode(pack(old)).entries[0].until == 0
+    renewed = dataclasses.replace(entry(1), until=1_800_000_000)
+    assert len(renewed.wire()) == 8 and Index.decode(Index((renewed,)).encode()) == Index((renewed,))
 
 
 def test_encode_refuses_what_decode_would() -> None:

@@ -187,7 +187,8 @@ def test_keys_new_prints_the_phrase_once_and_seals_it(net: Net) -> None:
 def test_owner_lists_and_gets_through_its_node(net: Net) -> None:
     rows = ok_json("ls", "--data", str(net.data("n01")))
     assert rows == [{"file_id": net.file_id, "name": "data.bin", "size": net.file.stat().st_size,
-                     "created": rows[0]["created"]}]
+                     "created": rows[0]["created"], "until": rows[0]["until"]}]
+    assert 364 * 86400 < rows[0]["until"] - rows[0]["created"] <= 366 * 86400
     out = net.scratch / "n01.out"
     res = ok_json("get", "--data", str(net.data("n01")), "-o", str(out), net.file_id)
     assert out.read_bytes() == net.file.read_bytes()
@@ -238,6 +239,7 @@ def test_renew_through_the_node_and_from_another_machine(net: Net) -> None:
     assert (ours["files"], ours["renewed"], ours["contracts"], ours["not_held"],
             ours["failed"]) == (1, 13, 13, 0, 0)
     assert ours["until"] > time.time() + 364 * 86400
+    assert [r["until"] for r in ok_json("ls", "--data", str(net.data("n01")))] == [ours["until"]]
     r = net.remote("renew", "--json", net.file_id)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["renewed"] == 13

@@ -81,7 +81,7 @@ def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
         after = {name: {h: _holding(sim, h) for h in hs} for name, hs in shares.items()}
         ok, corrupt = await sim.fetch_all()  # a fresh client: index, manifest, data
         svc, owner = await sim._client("owner2")
-        listed = [e["name"] for e in await owner.ls()]
+        listed = {e["name"]: e["until"] for e in await owner.ls()}
         owner.close()
         await svc.stop()
         await asyncio.sleep(2 * HOUR)  # past the renewed term, and an expiry run
@@ -105,7 +105,10 @@ def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(n == 0 for n in out["after"]["dropped"].values()), out["after"]["dropped"]
     assert sorted(out["after"]["kept"].values()) == [1] * 4 + [5], out["after"]["kept"]
     assert out["fetched"] == (1, 0)
-    # (the index keeps listing a file left to expire, until it is removed)
+    # (the index keeps listing a file left to expire, until it is removed),
+    # with the term each file has
     assert sorted(out["listed"]) == ["dropped", "kept"]
+    assert out["listed"]["kept"] == r["until"]
+    assert out["listed"]["dropped"] < out["listed"]["kept"] - HOUR
     assert out["repairs"] == 0
     assert out["finally"] == 0 and out["segments"] == 0

@@ -34,7 +34,7 @@ import asyncio
 import hashlib
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -483,7 +483,7 @@ class Client:
         mhash, mhosts = await self.store_blob(blob, manifest_copies(red))
         index_doc, seq, old = await self.read_index()
         entry = IndexEntry(file_id, manifest.name, size, manifest.created, mhash, tuple(mhosts),
-                           len(blob))
+                           len(blob), int(started) + GRANT_TERM)
         await self.write_index(index_doc.add(entry), seq, old)
         elapsed = max(1e-9, self.now() - started)
         return {"file_id": file_id.hex(), "name": manifest.name, "size": size,
@@ -628,7 +628,8 @@ class Client:
 
     async def ls(self) -> list[dict[str, Any]]:
         index_doc, _, _ = await self.read_index()
-        return [{"file_id": e.file_id.hex(), "name": e.name, "size": e.size, "created": e.created}
+        return [{"file_id": e.file_id.hex(), "name": e.name, "size": e.size, "created": e.created,
+                 "until": e.until or e.created + GRANT_TERM}
                 for e in index_doc.entries]
 
     async def rm(self, file_id: bytes) -> dict[str, Any]:
@@ -688,6 +689,8 @@ class Client:
             if progress:
                 progress({"op": "renew", "done": n_done + 1, "total": len(entries),
                           "unit": "files"})
+        for entry in entries:  # (the index is rewritten anyway: that renews it too)
+            index_doc = index_doc.add(replace(entry, until=until))
         await self.write_index(index_doc, seq, old)
         return {"files": len(entries), "until": until, **tally}
 

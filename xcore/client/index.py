@@ -15,7 +15,11 @@ Index wire layout (msgpack)::
 
     ["index", 1, [entry, ...]]
     entry = [file_id:bin16, name:str, size:uint, created:uint,
-             manifest_hash:bin32, [[host_id:bin20, host_addr:str], ...], manifest_size:uint]
+             manifest_hash:bin32, [[host_id:bin20, host_addr:str], ...], manifest_size:uint
+             (, until:uint)]
+
+``until``: the file's grants run at least that long (the put's or the last
+renew's term); absent in entries written before it existed.
 
 Sealed index layout::
 
@@ -135,15 +139,17 @@ class IndexEntry:
     manifest_hash: bytes
     manifest_hosts: tuple[Host, ...]
     manifest_size: int
+    until: int = 0  # 0: not recorded (an entry from before renewals)
 
     def wire(self) -> list[Any]:
-        return [self.file_id, self.name, self.size, self.created, self.manifest_hash,
-                _hosts_wire(self.manifest_hosts), self.manifest_size]
+        out = [self.file_id, self.name, self.size, self.created, self.manifest_hash,
+               _hosts_wire(self.manifest_hosts), self.manifest_size]
+        return out + [self.until] if self.until else out
 
     @classmethod
     def from_wire(cls, v: Any) -> IndexEntry:
-        v = as_list(v, "index entry", 7)
-        expect(len(v) == 7, "index entry: expected 7 fields")
+        v = as_list(v, "index entry", 8)
+        expect(len(v) in (7, 8), "index entry: expected 7 or 8 fields")
         return cls(
             file_id=as_bytes(v[0], "file ID", size=FILE_ID_SIZE),
             name=as_str(v[1], "file name", MAX_NAME),
@@ -152,6 +158,7 @@ class IndexEntry:
             manifest_hash=as_bytes(v[4], "manifest hash", size=HASH_SIZE),
             manifest_hosts=_hosts(v[5], "manifest host", MAX_MANIFEST_HOSTS),
             manifest_size=as_int(v[6], "manifest size", 1, MAX_SHARE_SIZE),
+            until=as_int(v[7], "until", 1, MAX_TIME) if len(v) == 8 else 0,
         )
 
 
