@@ -23,6 +23,7 @@ import pytest
 import xcore.client.files as files
 from sims.protocol import ProtocolConfig, ProtocolSim, run_sim
 from xcore.contracts.contract import contract_key, parse_contract_record
+from xcore.errors import NotFound
 
 HOUR = 3600.0
 
@@ -82,13 +83,18 @@ def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
         ok, corrupt = await sim.fetch_all()  # a fresh client: index, manifest, data
         svc, owner = await sim._client("owner2")
         listed = {e["name"]: e["until"] for e in await owner.ls()}
+        try:
+            await owner.get(ids["dropped"], sim.workdir / "dropped.out")
+            gone = ""
+        except NotFound as exc:
+            gone = str(exc)
         owner.close()
         await svc.stop()
         await asyncio.sleep(2 * HOUR)  # past the renewed term, and an expiry run
         hosts = [h.svc.host for h in sim.hosts if h.svc is not None and h.svc.host is not None]
         return {
             "held": held, "still": still, "renewed": renewed, "ends": ends, "after": after,
-            "fetched": (ok, corrupt), "listed": listed, "finally": _stored(sim),
+            "fetched": (ok, corrupt), "listed": listed, "gone": gone, "finally": _stored(sim),
             "segments": sum(len(host.segments()) for host in hosts),
             "repairs": sum(len(h.svc.repairer.events) for h in sim.hosts
                            if h.svc is not None and h.svc.repairer is not None),
@@ -110,5 +116,6 @@ def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sorted(out["listed"]) == ["dropped", "kept"]
     assert out["listed"]["kept"] == r["until"]
     assert out["listed"]["dropped"] < out["listed"]["kept"] - HOUR
+    assert "its term ended" in out["gone"] and "xcore renew" in out["gone"]
     assert out["repairs"] == 0
     assert out["finally"] == 0 and out["segments"] == 0

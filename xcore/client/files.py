@@ -34,6 +34,7 @@ import asyncio
 import hashlib
 import os
 import random
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -501,7 +502,18 @@ class Client:
         raise NotFound(f"no file {file_id.hex()} in this owner's index")
 
     async def manifest(self, entry: IndexEntry) -> Manifest:
-        blob = await self.fetch_blob(entry.manifest_hash, entry.manifest_hosts)
+        try:
+            blob = await self.fetch_blob(entry.manifest_hash, entry.manifest_hosts)
+        except NotFound as exc:
+            until = entry.until or entry.created + GRANT_TERM
+            if until <= self.now():
+                raise NotFound(
+                    f"{entry.name} ({entry.file_id.hex()}): its term ended "
+                    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(until))} and hosts "
+                    f"have dropped it (renew files before their term ends: xcore renew)"
+                ) from exc
+            raise NotFound(f"{entry.name} ({entry.file_id.hex()}): no host returned its "
+                           f"manifest ({exc})") from exc
         return open_manifest(blob, self.keys, entry.file_id)
 
     async def fetch_segment(self, seg: SegmentRef, red: Redundancy) -> bytes:
