@@ -20,7 +20,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.procs import alive, processes_under
+from tests.procs import Xcore, alive, processes_under
 
 pytestmark = pytest.mark.slow
 
@@ -40,19 +39,16 @@ PASSPHRASE = "pw"
 MiB = 1 << 20
 
 
-def xcore(*args: str, passphrase: str | None = PASSPHRASE, stdin: str | None = None,
-          timeout: float = 120.0, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the real command (``python -m xcore``) with the test's environment."""
-    e = dict(os.environ)
-    for var in ("XCORE_PASSPHRASE", "XCORE_ARGON2", "XCORE_DIFFICULTY"):
-        e.pop(var, None)
+_run = Xcore({"XCORE_ARGON2": "fast"}, timeout=120.0,
+             unset=("XCORE_PASSPHRASE", "XCORE_DIFFICULTY"))
+
+
+def xcore(*args: str, passphrase: str | None = PASSPHRASE, **kw: Any
+          ) -> subprocess.CompletedProcess[str]:
+    """The real command with the test's environment (``passphrase=None``: none set)."""
     if passphrase is not None:
-        e["XCORE_PASSPHRASE"] = passphrase
-    e["XCORE_ARGON2"] = "fast"
-    e.update(env)
-    return subprocess.run([sys.executable, "-m", "xcore", *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=timeout, env=e,
-                          input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+        kw["XCORE_PASSPHRASE"] = passphrase
+    return _run(*args, **kw)
 
 
 def ok(*args: str, **kw: Any) -> str:

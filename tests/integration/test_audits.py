@@ -51,7 +51,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
 
-from tests.procs import alive, processes_under
+from tests.procs import Xcore, alive, processes_under
 
 from xcore.contracts.audit import (
     Attestation, Challenge, Evidence, attest, attest_key, classify_attestation,
@@ -83,21 +83,8 @@ MB = 1_000_000
 # -- processes ----------------------------------------------------------------
 
 
-def xcore(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """Run the real `xcore` command (``python -m xcore``) with the client env."""
-    env = dict(os.environ, **CLIENT_ENV)
-    return subprocess.run([sys.executable, "-m", "xcore", *args], cwd=ROOT, text=True, env=env,
-                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def ok(*args: str, timeout: float = 120.0) -> str:
-    r = xcore(*args, timeout=timeout)
-    assert r.returncode == 0, f"xcore {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r.stdout
-
-
-def ok_json(*args: str, timeout: float = 120.0) -> Any:
-    return json.loads(ok(*args, "--json", timeout=timeout))
+xcore = Xcore(CLIENT_ENV, timeout=120.0)
+ok, ok_json = xcore.ok, xcore.ok_json
 
 
 # -- the devnet -------------------------------------------------------------------

@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli import main
+from tests.procs import Xcore
 from xcore.crypto.identity import Identity, puzzle_ok
 from xcore.node import DEFAULT_DIFFICULTY
 
@@ -233,9 +234,7 @@ def test_help(path: tuple[str, ...]) -> None:
 # -- a real node process -------------------------------------------------------------
 
 
-def xcore(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "xcore", *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+xcore = Xcore(timeout=30.0)
 
 
 def test_real_node_start_status_stop(base: Path) -> None:

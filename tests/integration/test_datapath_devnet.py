@@ -14,13 +14,10 @@ has the mnemonic. ``xcore devnet down`` runs in teardown whatever happened.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +25,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.procs import alive
+from tests.procs import Xcore, alive
 
 pytestmark = pytest.mark.slow
 
@@ -43,22 +40,9 @@ NAME = "quarterly-secret-ledger-7f3a.bin"
 SHARE_NAME = re.compile(r"[0-9a-f]{64}")
 
 
-def xcore(*args: str, stdin: str | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    e = dict(os.environ)
-    e.update(XCORE_PASSPHRASE="pw", XCORE_ARGON2="fast", XCORE_DIFFICULTY=str(DIFFICULTY))
-    return subprocess.run([sys.executable, "-m", "xcore", *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=timeout, env=e, input=stdin,
-                          stdin=None if stdin is not None else subprocess.DEVNULL)
-
-
-def ok(*args: str, **kw: Any) -> str:
-    r = xcore(*args, **kw)
-    assert r.returncode == 0, f"xcore {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r.stdout
-
-
-def ok_json(*args: str, **kw: Any) -> Any:
-    return json.loads(ok(*args, "--json", **kw))
+xcore = Xcore({"XCORE_PASSPHRASE": "pw", "XCORE_ARGON2": "fast",
+               "XCORE_DIFFICULTY": str(DIFFICULTY)}, timeout=120.0)
+ok, ok_json = xcore.ok, xcore.ok_json
 
 
 def plaintext() -> bytes:

@@ -17,8 +17,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.procs import processes_under
+from tests.procs import Xcore, processes_under
 
 from xcore.codec import unpack_bounded
 from xcore.control import call
@@ -50,16 +48,8 @@ KEY = "integration-key"
 # -- processes ----------------------------------------------------------------
 
 
-def xcore(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run the real `xcore` command (``python -m xcore``) and capture its output."""
-    return subprocess.run([sys.executable, "-m", "xcore", *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def ok(*args: str, timeout: float = 60.0) -> str:
-    r = xcore(*args, timeout=timeout)
-    assert r.returncode == 0, f"xcore {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r.stdout
+xcore = Xcore(timeout=60.0)
+ok = xcore.ok
 
 
 def proc_state(pid: int) -> str | None:

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.procs import alive, processes_under
+from tests.procs import Xcore, alive, processes_under
 
 from xcore.contracts.segments import SegmentInfo, decode_segment_record
 from xcore.control import call, is_running
@@ -70,17 +70,8 @@ KiB = 1024
 # -- processes ----------------------------------------------------------------
 
 
-def xcore(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run the real `xcore` command (``python -m xcore``) with the client env."""
-    env = dict(os.environ, **CLIENT_ENV)
-    return subprocess.run([sys.executable, "-m", "xcore", *args], cwd=ROOT, text=True, env=env,
-                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def ok_json(*args: str, timeout: float = 60.0) -> Any:
-    r = xcore(*args, "--json", timeout=timeout)
-    assert r.returncode == 0, f"xcore {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return json.loads(r.stdout)
+xcore = Xcore(CLIENT_ENV, timeout=60.0)
+ok_json = xcore.ok_json
 
 
 def tracebacks(log: str) -> str:
