@@ -39,7 +39,7 @@ from xcore.errors import (
     ContractEnded, LookupFailed, RecordRejected, RemoteProtocolError, XcoreError,
 )
 from xcore.net.streams import TCP
-from xcore.net.aio import wait_op
+from xcore.net.aio import dht_records, wait_op
 from xcore.shard.transfer import HostConnection
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,8 @@ class Auditor:
         return out
 
     async def _dht_get(self, key: bytes) -> list[Any]:
-        op = self.svc.driver.call(lambda t: self.svc.dht.get(key, t))
-        try:
-            return list((await wait_op(op, 60)).records)
-        except LookupFailed:  # absent, or nobody answered: nothing to go on this round
-            return []
+        # (nobody answered, twice: nothing to go on this round)
+        return await dht_records(self.svc, key, retried=lambda: self._count("lookup_retries"))
 
     async def hosts(self) -> dict[bytes, HostInfo]:
         now = self.svc.clock()

@@ -22,8 +22,8 @@ from xcore.contracts.repair import (
 )
 from xcore.contracts.segments import SegmentInfo
 from xcore.contracts.selection import select_hosts
-from xcore.errors import ClaimLapsed, LookupFailed, NotEnoughShares, XcoreError
-from xcore.net.aio import wait_op
+from xcore.errors import ClaimLapsed, NotEnoughShares, XcoreError
+from xcore.net.aio import dht_records, wait_op
 from xcore.net.streams import run_blocking
 from xcore.shard.erasure import Redundancy, regenerate
 from xcore.shard.transfer import HostConnection
@@ -80,11 +80,8 @@ class Repairer:
     # -- plumbing ------------------------------------------------------------
 
     async def _dht_get(self, key: bytes) -> list[Any]:
-        op = self.svc.driver.call(lambda t: self.svc.dht.get(key, t))
-        try:
-            return list((await wait_op(op, 60)).records)
-        except LookupFailed:  # absent, or nobody answered: nothing to go on this round
-            return []
+        # (nobody answered, twice: nothing to go on this round)
+        return await dht_records(self.svc, key, retried=lambda: self._count("lookup_retries"))
 
     async def _holders(self, share_hash: bytes, fresh: bool = False) -> list[tuple[bytes, str]]:
         now = self.svc.clock()
@@ -317,14 +314,18 @@ class Repairer:
                 raise NotEnoughShares(f"only {len(good)} of {info.k} shares could be fetched")
             regenerated = regenerate(good, red, missing)
             progress["phase"] = "placing"
-            wanted = list(dict.fromkeys(info.shares[i] for i in missing))
+            # where every share of the segment is now (not only the missing
+            # ones: a holder whose loc record our probes missed must not be
+            # handed a second share of the segment)
+            distinct = list(dict.fromkeys(info.shares))
             hosts, again = await asyncio.gather(
                 self._candidates(),
-                asyncio.gather(*(self._holders(h, fresh=True) for h in wanted)))
-            holders_of = dict(zip(wanted, again))
+                asyncio.gather(*(self._holders(h, fresh=True) for h in distinct)))
+            holders_of = dict(zip(distinct, again))
             placed_of: dict[bytes, set[bytes]] = {}
             # no host gets two shares of the segment: avoid every holder we know of
-            holders_now = set(alive) | set(addrs) | (standing or set())
+            holders_now = (set(alive) | set(addrs) | (standing or set())
+                           | {hid for hs in again for hid, _ in hs})
             for i in missing:
                 data = regenerated[i]
                 holders_of_i = holders_of[info.shares[i]]

@@ -449,6 +449,28 @@ def test_a_repair_without_the_senders_live_claim_is_refused(data_dir: Path, case
     assert rig.counters["puts_unauthorized"] == 1
 
 
+def test_a_repair_never_puts_a_second_share_of_a_segment_on_one_host(data_dir: Path) -> None:
+    """The host already holds share 0 of a segment: a repair of share 1 goes
+    elsewhere, whatever the repairer knew; the owner's own upload may still
+    dedup a share it already has."""
+    a, b = payload(1500, seed=58), payload(1500, seed=59)
+
+    async def body(rig: Rig) -> None:
+        seg = seg_record(rig, [h(a), h(b)])
+        owner = await rig.connect(rig.host_id.node_id)
+        await owner.put_share(h(a), a, rig.grant(h(a)), seg)
+        conn = await rig.connect(rig.host_id.node_id, seed=64)
+        with pytest.raises(BadSignature, match="already holds share 0"):
+            await conn.put_share(h(b), b, None, seg, claim=claim(rig, seg, ident(64)))
+        # the same share again (a mirror's copy, or a repair that raced) is fine
+        await conn.put_share(h(a), a, None, seg, claim=claim(rig, seg, ident(64)))
+        await still_serves(rig)
+
+    rig = run_host(data_dir, body)
+    assert h(b) not in rig.stored() and h(a) in rig.stored()
+    assert rig.counters["puts_second_share"] == 1
+
+
 def test_a_repairer_stalled_past_its_claim_mid_upload_places_nothing(data_dir: Path) -> None:
     """The claim was live when the PUT began; the sender stalled while its
     bytes came in, past the claim's expiry: the host refuses at the end."""

@@ -63,7 +63,6 @@ GRANT_TERM = 365 * 24 * 3600
 REPAIR_PRICE_CAP = 20_000  # micro-euros per GB-month a repair may agree (the appendix's 0.02 EUR)
 INDEX_TTL = 30 * 24 * 3600
 UNDO_TIMEOUT = 30.0  # seconds a failed put spends deleting what it placed
-LOOKUP_RETRY_DELAY = 0.5  # seconds before a DHT lookup nobody answered is tried again
 BLOB_COPIES = 5  # n - k + 1 at the default 4/8: metadata survives what data survives
 MAX_BLOB = 2 * 1024 * 1024
 Progress = Callable[[dict[str, Any]], None]
@@ -122,25 +121,14 @@ class Client:
         return float(self.svc.clock())
 
     async def dht_get(self, key: bytes, strict: bool = False) -> list[Record]:
-        """Records under ``key``; [] when there are none. A lookup nobody
-        answered (every request timed out: a busy network or a stalled
-        moment) is tried once more; if that fails too, ``strict`` raises
-        instead of returning [], which would look like "nothing there"."""
-        from xcore.net.aio import wait_op
-        for attempt in range(2):
-            op = self.svc.driver.call(lambda t: self.svc.dht.get(key, t))
-            try:
-                return list((await wait_op(op, 60)).records)
-            except NotFound:
-                return []
-            except LookupFailed:
-                if attempt == 0:
-                    self.lookup_retries += 1
-                    await asyncio.sleep(LOOKUP_RETRY_DELAY)
-                    continue
-                if strict:
-                    raise
-        return []
+        """Records under ``key``; [] when there are none (a lookup nobody
+        answered is tried once more; then ``strict`` raises, see
+        :func:`xcore.net.aio.dht_records`)."""
+        from xcore.net.aio import dht_records
+        return await dht_records(self.svc, key, strict=strict, retried=self._lookup_retried)
+
+    def _lookup_retried(self) -> None:
+        self.lookup_retries += 1
 
     async def dht_publish(self, rec: Record) -> int:
         from xcore.net.aio import wait_op

@@ -138,6 +138,35 @@ async def wait_op(op: Operation[T], timeout: float | None = None) -> T:
     return op.result()
 
 
+LOOKUP_RETRY_DELAY = 0.5  # seconds before a DHT lookup nobody answered is tried again
+
+
+async def dht_records(svc: Any, key: bytes, *, strict: bool = False, timeout: float = 60.0,
+                      retried: Callable[[], None] | None = None) -> list[Any]:
+    """The records under ``key`` as node ``svc`` finds them; [] when there are
+    none. A lookup nobody answered (every request timed out: a busy network
+    or a stalled moment) is tried once more, after ``LOOKUP_RETRY_DELAY``
+    (``retried`` is called then); if that fails too, ``strict`` raises
+    :class:`~xcore.errors.LookupFailed` instead of returning [], which would
+    look like "nothing there"."""
+    from xcore.errors import LookupFailed, NotFound
+    for attempt in range(2):
+        op = svc.driver.call(lambda t: svc.dht.get(key, t))
+        try:
+            return list((await wait_op(op, timeout)).records)
+        except NotFound:
+            return []
+        except LookupFailed:
+            if attempt == 0:
+                if retried is not None:
+                    retried()
+                await asyncio.sleep(LOOKUP_RETRY_DELAY)
+                continue
+            if strict:
+                raise
+    return []
+
+
 async def open_udp(endpoint: DatagramEndpoint, host: str, port: int,
                    clock: Callable[[], float] = wall_clock) -> tuple[DatagramDriver, Address]:
     loop = asyncio.get_running_loop()

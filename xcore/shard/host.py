@@ -356,6 +356,14 @@ class HostService:
             owner, expires, seg_info = self._authorize(share_hash, size, grant, seg_blob, half)
             if grant is None and seg_info is not None:  # a repair: only by the leader,
                 self._check_claim(claim, seg_info, peer)     # while its claim holds
+                # and never a second share of one segment here (the repairer
+                # avoids the holders it knows of; one whose loc record it
+                # missed is caught here)
+                other = next((i for i, x in enumerate(seg_info.shares)
+                              if x != share_hash and self.store.has(x)), None)
+                if other is not None:
+                    self._count("puts_second_share")
+                    raise BadSignature(f"this host already holds share {other} of the segment")
         except BadSignature as exc:
             self._count("puts_unauthorized")
             await fs.send(ERR, E_UNAUTHORIZED, str(exc))
