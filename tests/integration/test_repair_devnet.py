@@ -58,7 +58,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NODES = 16
 DIFFICULTY = 4
 INTERVAL = 1.0  # --repair-interval
-GRACE = 8.0  # --repair-grace: longer than a probe of a stopped host takes to fail (5 s)
+GRACE = 10.0  # --repair-grace: well over a probe of a stopped host takes to fail (5 s)
+# plus a check round and a report on a loaded box (at 8 s the watchers were once late)
 CLAIM_TTL = 4.0  # --repair-claim-ttl: shorter than the grace period
 RATE = 128 * 1024  # --repair-rate: bytes/s, so a repair of 128 KiB shares takes seconds
 NAMES = [f"n{i:02d}" for i in range(1, NODES + 1)]
