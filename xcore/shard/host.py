@@ -45,6 +45,7 @@ from xcore.shard.transfer import (
 log = logging.getLogger(__name__)
 DELETE_SKEW = 600
 ORPHAN_AGE = 24 * 3600  # a share with no owners file this long was never acknowledged
+EXPIRE_BATCH = 256  # shares checked per hold of the owners-file lock
 
 
 class HostService:
@@ -144,21 +145,18 @@ class HostService:
             except OSError:
                 pass
 
-    def expire_grants(self) -> list[bytes]:
-        """Drop the shares whose every grant (or repair authorisation) has
-        expired, and orphans: shares with no owners file for ``ORPHAN_AGE``
-        (a crash between writing a share and recording its owner; the
-        uploader never got an OK). A share whose owners file cannot be read
-        is kept. Returns the hashes dropped.
+    def expire_grants(self, shares: list[bytes] | None = None) -> list[bytes]:
+        """Drop the shares (of ``shares``, default all held) whose every grant
+        (or repair authorisation) has expired, and orphans: shares with no
+        owners file for ``ORPHAN_AGE`` (a crash between writing a share and
+        recording its owner; the uploader never got an OK). A share whose
+        owners file cannot be read is kept. Returns the hashes dropped.
 
         Blocking file work: call :meth:`expire` (which holds the lock PUTs
         and DELETEs update owners files under) unless nothing else runs."""
         now = self.clock()
         dropped = []
-        held = self.store.list()
-        for h in set(self._orphans) - set(held):
-            del self._orphans[h]
-        for h in held:
+        for h in self.store.list() if shares is None else shares:
             why = self._expiry(h, now)
             if why is None:
                 continue
@@ -193,15 +191,24 @@ class HostService:
             self._set_owners(share_hash, live)
         return None
 
-    async def expire(self) -> int:
-        """:meth:`expire_grants` off the event loop, then the ``on_deleted``
-        callbacks (the node stops announcing the dropped shares)."""
-        async with self._meta_lock:
-            dropped = await run_blocking(self.expire_grants, threads=self.threads)
-        for h in dropped:
-            if self.on_deleted:
-                self.on_deleted(h)
-        return len(dropped)
+    async def expire(self, batch: int = EXPIRE_BATCH) -> int:
+        """:meth:`expire_grants` off the event loop, ``batch`` shares at a
+        time under the owners-file lock (so a host with many shares does not
+        hold up PUTs and DELETEs for the whole scan), then the
+        ``on_deleted`` callbacks (the node stops announcing what went)."""
+        held = await run_blocking(self.store.list, threads=self.threads)
+        for h in set(self._orphans) - set(held):
+            del self._orphans[h]
+        dropped = 0
+        for i in range(0, len(held), batch):
+            async with self._meta_lock:
+                gone = await run_blocking(self.expire_grants, held[i:i + batch],
+                                          threads=self.threads)
+            for h in gone:
+                if self.on_deleted:
+                    self.on_deleted(h)
+            dropped += len(gone)
+        return dropped
 
     def stats(self) -> dict[str, Any]:
         st: dict[str, Any] = dict(self.store.stats())
