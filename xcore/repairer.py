@@ -351,7 +351,7 @@ class Repairer:
                     self._count("already_repaired")
                     continue
                 placed = False
-                avoid = set(holders_now) | {own} | {hid for hid, _ in holders_of_i}
+                avoid = set(holders_now) | {own}  # (holders_of_i are in holders_now)
                 for _ in range(8):
                     pick = select_hosts(hosts, 1, rng=self.rng, now=self.svc.clock(),
                                         need_bytes=len(data), exclude=avoid)

@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.procs import alive
+
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "xcn"
 BRIDGE_ADDR = "198.19.255.254/15"
@@ -76,14 +78,6 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return run("ip", *args, check=check)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
 def check_available() -> None:
     """Raise :class:`LabUnavailable` (with the failing command's error) unless
     this process can create namespaces, veths and bridges."""
@@ -105,12 +99,12 @@ def remove_stale() -> list[str]:
     for line in ip("netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         m = re.fullmatch(rf"{PREFIX}(\d+)-.*", name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not alive(int(m.group(1))):
             ip("netns", "del", name, check=False)
             removed.append(name)
     for line in ip("-o", "link", "show", check=False).stdout.splitlines():
         m = re.match(rf"\d+: ({PREFIX}(\d+)[a-zA-Z0-9]*)[@:]", line)
-        if m and not _pid_alive(int(m.group(2))):
+        if m and not alive(int(m.group(2))):
             ip("link", "del", m.group(1), check=False)
             removed.append(m.group(1))
     return removed
@@ -460,7 +454,7 @@ class Lab:
         left = []
         if not self.netns:
             return [f"pid {n.proc.pid} ({n.name})" for n in self.nodes.values()
-                    if n.proc is not None and _pid_alive(n.proc.pid)]
+                    if n.proc is not None and alive(n.proc.pid)]
         names = {line.split()[0] for line in ip("netns", "list", check=False).stdout.splitlines()
                  if line.split()}
         left += [f"netns {ns}" for ns in self.namespaces if ns in names]
@@ -473,6 +467,6 @@ class Lab:
         left += [f"link {link}" for link in links]
         left += [f"mount {m}" for m in self.mounts if os.path.ismount(m)]
         left += [f"pid {n.proc.pid} ({n.name})" for n in self.nodes.values()
-                 if n.proc is not None and _pid_alive(n.proc.pid)]
-        left += [f"relay pid {p.pid}" for p in self.relays if _pid_alive(p.pid)]
+                 if n.proc is not None and alive(n.proc.pid)]
+        left += [f"relay pid {p.pid}" for p in self.relays if alive(p.pid)]
         return left

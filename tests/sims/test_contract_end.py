@@ -13,10 +13,10 @@ deleted share, at every audit, for the rest of the term.
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Any
 
 from sims.protocol import ProtocolConfig, ProtocolSim, run_sim
+from tests.sims.owner_files import put_random
 from xcore.contracts.contract import contract_key, parse_contract_record
 
 MIN = 60.0
@@ -58,13 +58,8 @@ def test_a_deleted_file_ends_its_contracts_and_no_host_is_blamed() -> None:
     async def main(sim: ProtocolSim) -> dict[str, Any]:
         await sim.setup()
         svc, owner = await sim._client("owner")
-        path = sim.workdir / "file.bin"
-        path.write_bytes(random.Random(5).randbytes(256 * 1024))
-        res = await owner.put(path, sim.red)
-        fid = bytes.fromhex(res["file_id"])
-        entry = await owner.find_entry(fid)
-        man = await owner.manifest(entry)
-        shares = {s.hash for seg in man.segments for s in seg.shares} | {entry.manifest_hash}
+        put = await put_random(sim, owner, "file.bin", 5)
+        fid, shares = put.file_id, put.shares
         await asyncio.sleep(2 * MIN)  # the hosts publish their contracts
         before = _contracts(sim, shares)
         await _audit_everything(sim)

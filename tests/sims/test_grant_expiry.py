@@ -14,14 +14,13 @@ client gets the file. Past the renewed term everything is gone.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import random
 from typing import Any
 
 import pytest
 
 import xcore.client.files as files
 from sims.protocol import ProtocolConfig, ProtocolSim, run_sim
+from tests.sims.owner_files import put_random
 from xcore.contracts.contract import contract_key, parse_contract_record
 from xcore.errors import NotFound
 
@@ -58,16 +57,10 @@ def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
         shares: dict[str, set[bytes]] = {}
         ids: dict[str, bytes] = {}
         for name in ("kept", "dropped"):
-            path = sim.workdir / name
-            path.write_bytes(random.Random(name).randbytes(256 * 1024))
-            res = await owner.put(path, sim.red, name=name)
-            ids[name] = bytes.fromhex(res["file_id"])
-            entry = await owner.find_entry(ids[name])
-            man = await owner.manifest(entry)
-            shares[name] = {s.hash for seg in man.segments for s in seg.shares} | {
-                entry.manifest_hash}
+            put = await put_random(sim, owner, name, name)
+            ids[name], shares[name] = put.file_id, put.shares
             if name == "kept":
-                sim.file_ids.append((ids[name], hashlib.sha256(path.read_bytes()).hexdigest()))
+                sim.file_ids.append((put.file_id, put.sha256))
         owner.close()
         await svc.stop()
         held = _stored(sim)

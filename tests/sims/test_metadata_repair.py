@@ -12,11 +12,10 @@ and of the replaced index blobs is deleted, and nothing brings them back.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import random
 from typing import Any
 
 from sims.protocol import ProtocolConfig, ProtocolSim, run_sim
+from tests.sims.owner_files import put_random
 from xcore.contracts.segments import segment_id
 
 MIN = 60.0
@@ -49,13 +48,9 @@ def test_a_manifest_below_its_threshold_is_repaired_and_the_file_still_comes_bac
         await sim.setup()
         # the owner puts a file, notes where its metadata went, and goes away
         svc, owner = await sim._client("owner")
-        path = sim.workdir / "file.bin"
-        path.write_bytes(random.Random(3).randbytes(256 * 1024))
-        res = await owner.put(path, sim.red)
-        fid = bytes.fromhex(res["file_id"])
-        sim.file_ids.append((fid, hashlib.sha256(path.read_bytes()).hexdigest()))
-        entry = await owner.find_entry(fid)
-        man = await owner.manifest(entry)
+        put = await put_random(sim, owner, "file.bin", 3)
+        fid, entry, man = put.file_id, put.entry, put.manifest
+        sim.file_ids.append((fid, put.sha256))
         _, _, pointer = await owner.read_index()
         assert pointer is not None
         owner.close()

@@ -14,10 +14,10 @@ threshold with what could be placed.
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Any
 
 from sims.protocol import ProtocolConfig, ProtocolSim, run_sim
+from tests.sims.owner_files import put_random
 from xcore.contracts.hosts import loc_key
 
 MIN = 60.0
@@ -34,10 +34,7 @@ def test_a_holder_missing_from_the_dht_is_not_given_a_second_share() -> None:
     async def main(sim: ProtocolSim) -> dict[str, Any]:
         await sim.setup()
         svc, owner = await sim._client("owner")
-        path = sim.workdir / "file.bin"
-        path.write_bytes(random.Random(8).randbytes(256 * 1024))
-        res = await owner.put(path, sim.red)
-        man = await owner.manifest(await owner.find_entry(bytes.fromhex(res["file_id"])))
+        man = (await put_random(sim, owner, "file.bin", 8)).manifest
         owner.close()
         await svc.stop()
         [seg] = man.segments

@@ -135,6 +135,21 @@ class Client:
         op = self.svc.driver.call(lambda t: self.svc.dht.publish(rec, t))
         return int(await wait_op(op, 60))
 
+    def _segment_record(self, hashes: list[bytes], red: Redundancy, length: int, until: int
+                        ) -> tuple[bytes, asyncio.Task[None]]:
+        """The owner-signed ``seg`` record of a segment (its repair
+        authorisation until ``until``), encoded as sent with each share, and
+        a task publishing it to the DHT (await it once the shares are placed)."""
+        rec = make_segment_record(self.keys.signing, hashes, red.k, red.n, length, until,
+                                  REPAIR_PRICE_CAP, self.now())
+        return rec.encode(), asyncio.create_task(self._publish_quietly(rec))
+
+    async def _publish_quietly(self, rec: Record) -> None:
+        try:
+            await self.dht_publish(rec)
+        except XcoreError:
+            pass  # the hosts hold the record too, and republish it for repair
+
     async def hosts(self, refresh: bool = False) -> list[HostInfo]:
         """Every host announced in the DHT (newest announcement per host)."""
         if self._hosts is not None and not refresh:
@@ -256,11 +271,9 @@ class Client:
         if n < 1:
             raise NotEnoughHosts("no host is known to take the metadata blob")
         red = Redundancy(1, n)
-        seg_rec = make_segment_record(self.keys.signing, [h] * n, red.k, red.n, len(blob),
-                                      int(self.now()) + GRANT_TERM, REPAIR_PRICE_CAP, self.now())
-        seg_blob = seg_rec.encode()
+        seg_blob, publish = self._segment_record([h] * n, red, len(blob),
+                                                 int(self.now()) + GRANT_TERM)
         root = share_merkle_root(blob) if contracts else None
-        publish = asyncio.create_task(self.dht_publish(seg_rec))
         avoid: set[bytes] = set()
         try:
             placed = await asyncio.gather(*(self.place(h, blob, hosts, avoid, seg_blob=seg_blob,
@@ -270,10 +283,7 @@ class Client:
         except BaseException:
             publish.cancel()
             raise
-        try:
-            await publish
-        except XcoreError:
-            pass  # the hosts hold the record too
+        await publish
         where = [(p.node_id, f"{p.addr[0]}:{p.addr[1]}") for p in placed if isinstance(p, HostInfo)]
         if not where:
             raise NotEnoughHosts("no host took the metadata blob")
@@ -283,10 +293,17 @@ class Client:
         """Delete a metadata blob from ``hosts`` and from every host that
         announced a copy (repair may have placed copies elsewhere): a copy
         left behind would be repaired back to n copies by its holder (k = 1)."""
-        where = dict(hosts)
-        for host_id, addr in await self.holders(blob_hash):
+        return await self._delete_everywhere(
+            blob_hash, (await self.holders_and(blob_hash, hosts)).items())
+
+    async def holders_and(self, share_hash: bytes, listed: Iterable[tuple[bytes, str]]
+                          ) -> dict[bytes, str]:
+        """``listed`` (host ID, address) pairs, plus every host that announced
+        holding ``share_hash`` since (repair places copies elsewhere)."""
+        where = dict(listed)
+        for host_id, addr in await self.holders(share_hash):
             where.setdefault(host_id, addr)
-        return await self._delete_everywhere(blob_hash, where.items())
+        return where
 
     async def fetch_blob(self, blob_hash: bytes, hosts: Iterable[tuple[bytes, str]]) -> bytes:
         from xcore.bootstrap import parse_address
@@ -407,11 +424,8 @@ class Client:
             try:
                 shares, hashes, roots = await run_blocking(prepare_segment, ciphertext, red,
                                                            threads=self.threads)
-                seg_rec = make_segment_record(self.keys.signing, hashes, red.k, red.n,
-                                              len(ciphertext), int(self.now()) + GRANT_TERM,
-                                              REPAIR_PRICE_CAP, self.now())
-                seg_blob = seg_rec.encode()
-                publish = asyncio.create_task(self.dht_publish(seg_rec))
+                seg_blob, publish = self._segment_record(hashes, red, len(ciphertext),
+                                                         int(self.now()) + GRANT_TERM)
                 refs: list[ShareRef | None] = [None] * red.n
                 avoid: set[bytes] = set()
                 chosen = select_hosts(usable, red.n, rng=self.rng, now=self.now(),
@@ -439,10 +453,7 @@ class Client:
                                        f"{host.addr[0]}:{host.addr[1]}")
                 await asyncio.gather(*(one(i, s, chosen[i] if i < len(chosen) else None)
                                        for i, s in enumerate(shares)))
-                try:
-                    await publish
-                except XcoreError:
-                    pass  # the hosts hold the record too, and republish it for repair
+                await publish
                 segments[index] = SegmentRef(index, len(ciphertext),
                                              tuple(r for r in refs if r is not None))
                 done["bytes"] += len(ciphertext)
@@ -499,8 +510,11 @@ class Client:
         raise NotFound(f"no file {file_id.hex()} in this owner's index")
 
     async def manifest(self, entry: IndexEntry) -> Manifest:
+        return open_manifest(await self._manifest_blob(entry), self.keys, entry.file_id)
+
+    async def _manifest_blob(self, entry: IndexEntry) -> bytes:
         try:
-            blob = await self.fetch_blob(entry.manifest_hash, entry.manifest_hosts)
+            return await self.fetch_blob(entry.manifest_hash, entry.manifest_hosts)
         except NotFound as exc:
             until = entry.until or entry.created + GRANT_TERM
             if until <= self.now():
@@ -511,7 +525,6 @@ class Client:
                 ) from exc
             raise NotFound(f"{entry.name} ({entry.file_id.hex()}): no host returned its "
                            f"manifest ({exc})") from exc
-        return open_manifest(blob, self.keys, entry.file_id)
 
     async def fetch_segment(self, seg: SegmentRef, red: Redundancy) -> bytes:
         from xcore.bootstrap import parse_address
@@ -649,14 +662,13 @@ class Client:
         man = await self.manifest(entry)
         await self.write_index(index_doc.remove(file_id), seq, old)
         shares = [s for seg in man.segments for s in seg.shares]
-        found = await asyncio.gather(*(self.holders(s.hash) for s in shares))
-        counts = await asyncio.gather(*(
-            self._delete_everywhere(s.hash, dict([(s.host_id, s.host_addr)] + extra).items())
-            for s, extra in zip(shares, found)))
+        found = await asyncio.gather(*(self.holders_and(s.hash, [(s.host_id, s.host_addr)])
+                                       for s in shares))
+        counts = await asyncio.gather(*(self._delete_everywhere(s.hash, where.items())
+                                        for s, where in zip(shares, found)))
         deleted = sum(counts)
         deleted += await self.delete_blob(entry.manifest_hash, entry.manifest_hosts)
         return {"file_id": file_id.hex(), "name": entry.name, "shares_deleted": deleted}
-
 
     # -- renew ---------------------------------------------------------------------
 
@@ -682,14 +694,14 @@ class Client:
         hosts = {h.node_id: h for h in await self.hosts(refresh=True)}
         tally = {"renewed": 0, "contracts": 0, "not_held": 0, "failed": 0}
         for n_done, entry in enumerate(entries):
-            man = await self.manifest(entry)
+            blob = await self._manifest_blob(entry)
+            man = open_manifest(blob, self.keys, entry.file_id)
             red = Redundancy(man.k, man.n)
             for seg in man.segments:
                 await self._renew_segment([(s.hash, s.size, s.merkle_root, [(s.host_id, s.host_addr)])
                                            for s in seg.shares], red, seg.length, until, hosts,
                                           tally)
             # the manifest: a mirrored segment of as many copies as put made
-            blob = await self.fetch_blob(entry.manifest_hash, entry.manifest_hosts)
             copies = min(manifest_copies(red), len(hosts))
             root = await run_blocking(share_merkle_root, blob, threads=self.threads)
             item = (entry.manifest_hash, len(blob), root, list(entry.manifest_hosts))
@@ -709,13 +721,10 @@ class Client:
         """Renew one segment: ``shares`` = (hash, size, Merkle root, hosts
         listed for it) per index; a mirror lists its hash at every index."""
         from xcore.bootstrap import parse_address
-        hashes = [h for h, _, _, _ in shares]
-        seg_rec = make_segment_record(self.keys.signing, hashes, red.k, red.n, length, until,
-                                      REPAIR_PRICE_CAP, self.now())
-        seg_blob = seg_rec.encode()
-        publish = asyncio.create_task(self.dht_publish(seg_rec))
+        seg_blob, publish = self._segment_record([h for h, _, _, _ in shares], red, length, until)
         distinct = {h: (size, root, listed) for h, size, root, listed in shares}
-        found = await asyncio.gather(*(self.holders(h) for h in distinct))
+        found = await asyncio.gather(*(self.holders_and(h, listed)
+                                       for h, (_, _, listed) in distinct.items()))
 
         async def one(h: bytes, size: int, root: bytes, host_id: bytes, addr: str) -> None:
             now = int(self.now())
@@ -740,17 +749,10 @@ class Client:
                 tally["contracts"] += 1
                 self.contracts[h] = signed
 
-        jobs = []
-        for (h, (size, root, listed)), extra in zip(distinct.items(), found):
-            where = dict(listed)
-            for host_id, addr in extra:
-                where.setdefault(host_id, addr)
-            jobs += [one(h, size, root, host_id, addr) for host_id, addr in where.items()]
-        await asyncio.gather(*jobs)
-        try:
-            await publish
-        except XcoreError:
-            pass  # the hosts hold the record too
+        await asyncio.gather(*(one(h, size, root, host_id, addr)
+                               for (h, (size, root, _)), where in zip(distinct.items(), found)
+                               for host_id, addr in where.items()))
+        await publish
 
 
 def manifest_copies(red: Redundancy) -> int:

@@ -158,7 +158,7 @@ def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
 class _Share:
     size: int
     windows: list[tuple[int, int]]
-    contracts: list[SignedContract]
+    contracts: list[tuple[SignedContract, int]]  # with the end of its paid term
     passes: list[int]
     failed: bool = False
 
@@ -179,27 +179,26 @@ def payouts(period: str, contracts: Iterable[SignedContract], attestations: Iter
     if cover < 0:
         raise InvalidParameter("cover must not be negative")
     shares: dict[tuple[bytes, bytes], _Share] = {}
-    verified = []
+    verified: list[tuple[SignedContract, bytes]] = []
     for sc in contracts:
         try:
             sc.verify()
         except RemoteProtocolError:
             continue
-        verified.append(sc)
+        verified.append((sc, sc.contract.digest()))
     # a contract the owner ended early (it deleted the share) is paid until
     # then, even where a copy from before the delete is also in the input
     until: dict[bytes, int] = {}
-    for sc in verified:
-        d = sc.contract.digest()
+    for sc, d in verified:
         until[d] = min(until.get(d, sc.until), sc.until)
-    for sc in verified:
+    for sc, d in verified:
         c = sc.contract
-        a, b = max(c.start, p_start), min(until[c.digest()], p_end)
+        a, b = max(c.start, p_start), min(until[d], p_end)
         if a >= b:
             continue
         s = shares.setdefault((c.host_id, c.share_hash), _Share(c.size, [], [], []))
         s.windows.append((a, b))
-        s.contracts.append(sc)
+        s.contracts.append((sc, until[d]))
     passed: dict[bytes, int] = {}
     failed: dict[bytes, int] = {}
     seen: set[bytes] = set()
@@ -213,11 +212,11 @@ def payouts(period: str, contracts: Iterable[SignedContract], attestations: Iter
         digest = att.digest()
         if digest in seen:
             continue
-        if any(att.challenger_pubkey == sc.contract.host_pubkey for sc in s_opt.contracts):
+        if any(att.challenger_pubkey == sc.contract.host_pubkey for sc, _ in s_opt.contracts):
             continue  # self-audits prove nothing to a payer
         ev = Evidence.IRRELEVANT
-        for sc in s_opt.contracts:
-            if issued < until[sc.contract.digest()]:
+        for sc, end in s_opt.contracts:
+            if issued < end:
                 ev = classify_attestation(att, sc.contract)  # contracts verified above
                 if ev is not Evidence.IRRELEVANT:
                     break

@@ -126,13 +126,23 @@ class HostService:
         return self.owners_dir / name[:2] / name
 
     def owners(self, share_hash: bytes) -> dict[bytes, int]:
-        path = self._owners_path(share_hash)
+        """Owner key -> grant expiry for ``share_hash`` ({} if none or unreadable)."""
         try:
-            doc = unpack_bounded(path.read_bytes(), 1 << 20)
+            return self._read_owners(share_hash) or {}
+        except FileNotFoundError:
+            return {}
+
+    def _read_owners(self, share_hash: bytes) -> dict[bytes, int] | None:
+        """The owners file's entries; None if it cannot be read (raises
+        FileNotFoundError if there is none)."""
+        try:
+            doc = unpack_bounded(self._owners_path(share_hash).read_bytes(), 1 << 20)
+        except FileNotFoundError:
+            raise
         except (OSError, RemoteProtocolError):
-            return {}
+            return None
         if not isinstance(doc, dict):
-            return {}
+            return None
         return {k: v for k, v in doc.items() if isinstance(k, bytes) and isinstance(v, int)}
 
     def _set_owners(self, share_hash: bytes, owners: dict[bytes, int]) -> None:
@@ -171,19 +181,16 @@ class HostService:
     def _expiry(self, share_hash: bytes, now: float) -> str | None:
         """Why ``share_hash`` goes now (the counter to bump), or None to keep it."""
         try:
-            doc = unpack_bounded(self._owners_path(share_hash).read_bytes(), 1 << 20)
+            owners = self._read_owners(share_hash)
         except FileNotFoundError:
             # maybe a PUT between its write and its owner: only a share seen
             # without owners for ORPHAN_AGE (by our clock) is dropped
             since = self._orphans.setdefault(share_hash, now)
             return "orphans_dropped" if now - since >= ORPHAN_AGE else None
-        except (OSError, RemoteProtocolError):
-            doc = None
         self._orphans.pop(share_hash, None)
-        if not isinstance(doc, dict):
+        if owners is None:
             self._count("owners_unreadable")  # kept: never guess data away
             return None
-        owners = {k: v for k, v in doc.items() if isinstance(k, bytes) and isinstance(v, int)}
         live = {k: v for k, v in owners.items() if v > now}
         if not live:
             return "grants_expired"
@@ -491,11 +498,11 @@ class HostService:
         return owner, expires, seg_info
 
     def _check_claim(self, blob: bytes | None, info: SegmentInfo, peer: bytes) -> None:
-        # (peer: the sender's node ID, from the handshake)
-        """A repair PUT carries its sender's ``claim`` record on the segment
-        (xcore.contracts.repair): a fencing token. A leader that stalled past
-        its claim (a successor may have taken over since) is refused here,
-        not only by its own check before each step. Raises :class:`BadSignature`."""
+        """A repair PUT carries its sender's (``peer``: node ID from the
+        handshake) ``claim`` record on the segment (xcore.contracts.repair):
+        a fencing token. A leader that stalled past its claim (a successor
+        may have taken over since) is refused here, not only by its own check
+        before each step. Raises :class:`BadSignature`."""
         if blob is None:
             raise BadSignature("a repair needs the repairer's claim on the segment")
         now = self.clock()
@@ -536,11 +543,15 @@ class HostService:
         self._count("renewals")
         contract: dict[str, Any] = {}
         if half is not None:
-            try:
-                data = await run_blocking(self.store.get, share_hash, threads=self.threads)
-                matched = await run_blocking(half.contract.matches, data, threads=self.threads)
-            except XcoreError:
-                data, matched = None, False
+            offer = half.contract
+
+            def read_and_check() -> tuple[bytes | None, bool]:
+                try:
+                    data = self.store.get(share_hash)
+                except XcoreError:
+                    return None, False
+                return data, offer.matches(data)
+            data, matched = await run_blocking(read_and_check, threads=self.threads)
             contract = self._sign_contract(half, data, matched)
         await fs.send(OK, contract)
 

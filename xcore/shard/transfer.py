@@ -281,6 +281,13 @@ async def server_handshake(fs: FrameStream, identity: Identity,
 # -- client ------------------------------------------------------------------
 
 
+def _countersigned(ok: list[Any]) -> bytes | None:
+    """The host-signed contract in an ``OK [{"contract": ...}]`` frame, if any."""
+    info = ok[0] if ok and isinstance(ok[0], dict) else {}
+    signed = info.get("contract")
+    return signed if isinstance(signed, bytes) else None
+
+
 class HostConnection:
     """An authenticated connection to one host."""
 
@@ -362,10 +369,7 @@ class HostConnection:
                 view = memoryview(data)
                 for off in range(0, len(data), CHUNK):
                     await self.fs.send(DATA, bytes(view[off:off + CHUNK]))
-            ok = await self.fs.expect(OK)
-            info = ok[0] if ok and isinstance(ok[0], dict) else {}
-            signed = info.get("contract")
-            return signed if isinstance(signed, bytes) else None
+            return _countersigned(await self.fs.expect(OK))
         return await self._guard(run())  # type: ignore[no-any-return]
 
     async def audit(self, challenge: bytes) -> bytes:
@@ -408,10 +412,7 @@ class HostConnection:
         Raises :class:`~xcore.errors.ShareNotFound` if the host lacks it."""
         async def run() -> bytes | None:
             await self.fs.send(RENEW, share_hash, grant.encode(), seg_record, contract)
-            ok = await self.fs.expect(OK)
-            info = ok[0] if ok and isinstance(ok[0], dict) else {}
-            signed = info.get("contract")
-            return signed if isinstance(signed, bytes) else None
+            return _countersigned(await self.fs.expect(OK))
         return await self._guard(run())  # type: ignore[no-any-return]
 
     async def stat(self) -> dict[str, Any]:
