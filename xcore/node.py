@@ -182,7 +182,8 @@ class NodeService:
         self.rng = self.env.rng
         self.streams: Any = self.env.net if self.env.net is not None else TCP
         dcfg = DHTConfig(difficulty=self.config["difficulty"],
-                         diversity=bool(self.config.get("diversity", True)))
+                         diversity=bool(self.config.get("diversity", True)),
+                         client=ephemeral)
         self.dht = DHTNode(self.identity, config=dcfg, rng=self.rng, now=self.clock())
         self.driver: DatagramDriver | None = None
         self.address: tuple[str, int] | None = None

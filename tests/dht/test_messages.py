@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import msgpack
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from xcore.dht.messages import (
     AUTH_MAC,
     AUTH_SIG,
     AUTH_TAG,
+    FLAG_CLIENT,
     BODY_TYPES,
     MAX_CONTACTS,
     MAX_DATAGRAM,
@@ -144,6 +147,10 @@ def _with(i: int, v: object) -> list[object]:
     pack([pack(GOOD), True, b"s" * 16]),                    # bool auth kind
     pack(["payload", AUTH_SIG, b"s" * 64]),                 # payload not bytes
     pack([pack(GOOD[:6]), AUTH_SIG, b"s" * 64]),            # 6 fields
+    pack([pack(GOOD + [1, 0]), AUTH_SIG, b"s" * 64]),       # 9 fields
+    pack([pack(GOOD + [256]), AUTH_SIG, b"s" * 64]),        # flags out of range
+    pack([pack(GOOD + [-1]), AUTH_SIG, b"s" * 64]),
+    pack([pack(GOOD + ["client"]), AUTH_SIG, b"s" * 64]),   # flags not an int
     pack([pack(_with(0, 2)), AUTH_SIG, b"s" * 64]),         # version
     pack([pack(_with(1, 99)), AUTH_SIG, b"s" * 64]),        # unknown type
     pack([pack(_with(1, 0)), AUTH_SIG, b"s" * 64]),         # type 0
@@ -241,3 +248,12 @@ def test_contact_with_ip_literal_decodes(host: str) -> None:
                        [[[BOB.pubkey, host, 4000]]])
     msg = decode_datagram(pack([payload, AUTH_SIG, b"s" * 64]))
     assert msg.body == Nodes((ContactInfo(BOB.pubkey, host, 4000),))
+
+
+@given(st.integers(0, 255))
+def test_flags_round_trip_and_only_clients_send_them(flags: int) -> None:
+    payload = encode_payload(Ping(), b"r" * 8, ALICE.pubkey, b"", TS, flags)
+    msg = decode_datagram(encode_datagram(payload, AUTH_SIG, ALICE.sign(auth_bytes(payload))))
+    assert msg.flags == flags and msg.from_client == bool(flags & FLAG_CLIENT)
+    # without flags the payload is the 7-field one every node understands
+    assert (len(msgpack.unpackb(payload)) == 7) == (flags == 0)

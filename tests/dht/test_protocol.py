@@ -1039,3 +1039,61 @@ def test_a_node_whose_table_emptied_starts_lookups_from_the_evicted(
     assert res.records == [rec]
     assert lonely.counters["lookups_from_evicted"] == 1
     assert len(lonely.routing) == 7
+
+
+# -- client mode ---------------------------------------------------------------------------
+
+
+def _client(net: SimNetwork, nodes: dict[Address, DHTNode], seed: int = 77) -> tuple[Address, DHTNode]:
+    addr = ("10.9.9.1", 4000)
+    cli = add_dht_node(net, addr, identity_for(seed), DHTConfig(difficulty=2, client=True), seed)
+    seeds: list[tuple[Address, bytes | None]] = [(a, None) for a in list(nodes)[:3]]
+    assert join_node(net, addr, cli, seeds) >= min(len(nodes), 20)
+    return addr, cli
+
+
+def test_a_client_asks_but_is_never_routed_through_or_stored_at(make_dht_network: Build) -> None:
+    """A short-lived client learns every node, puts and gets, yet no node adds
+    it to its table, so no lookup or STORE reaches it after it has gone."""
+    net, nodes = make_dht_network(8, seed=21)
+    addr, cli = _client(net, nodes)
+    rec = text(cli.identity, "from a client", b"v", net.now)
+    assert run_op(net, addr, lambda now: cli.put(rec, now)).result() == 8  # remote copies only
+    assert len(cli.store) == 0
+    assert holders(nodes, rec.key, net.now) == list(nodes)
+    other = text(nodes[A_ADDR].identity, "from a node", b"w", net.now)
+    run_op(net, A_ADDR, lambda now: nodes[A_ADDR].put(other, now)).result()
+    got = run_op(net, addr, lambda now: cli.get(other.key, now)).result()
+    assert got.records == [other] and len(cli.store) == 0  # not kept either
+    for a, n in nodes.items():
+        assert cli.identity.node_id not in n.routing, a
+        assert n.store.get(dht_key("from a client"), net.now) == [rec], a
+    assert sum(n.counters.get("client_requests", 0) for n in nodes.values()) > 0
+    # once it has gone, the nodes go on among themselves and never write to it
+    net.kill(addr)
+    before = net.stats.to_dead
+    for a, n in nodes.items():
+        run_op(net, a, lambda now, n=n, a=a: n.find_node(dht_key(f"t{a}"), now)).result()
+    net.run(net.now + 2 * 3600)  # maintenance, refreshes, republishing
+    assert net.stats.to_dead == before
+    assert not any(n.counters.get("timeouts", 0) for n in nodes.values())
+
+
+def test_a_client_put_that_reaches_nobody_fails(make_dht_network: Build) -> None:
+    """A node counts its own copy; a client's copy leaves with it, so a put
+    nobody acknowledged is an error, not "stored at 1"."""
+    net, nodes = make_dht_network(4, seed=22)
+    addr, cli = _client(net, nodes)
+    for a in nodes:
+        net.kill(a)
+    op = run_op(net, addr, lambda now: cli.put(text(cli.identity, "lost", b"v", net.now), now))
+    assert isinstance(op.error, (LookupFailed, NoPeers))
+
+
+def test_a_client_joins_without_refreshing_buckets(make_dht_network: Build) -> None:
+    net, nodes = make_dht_network(30, seed=23)
+    _, cli = _client(net, nodes)
+    node_addr = ("10.9.9.2", 4000)
+    full = add_dht_node(net, node_addr, identity_for(78), DHTConfig(difficulty=2), 78)
+    join_node(net, node_addr, full, [(a, None) for a in list(nodes)[:3]])
+    assert cli.counters["lookups"] == 1 < full.counters["lookups"]

@@ -4,7 +4,7 @@ Datagram layout (msgpack)::
 
     [payload:bin, auth_kind:uint, auth:bin]
     payload = msgpack [version=1, type:uint, rid:bin8, sender_pubkey:bin32,
-                       to:bin0|bin20, ts_ms:uint, body:array]
+                       to:bin0|bin20, ts_ms:uint, body:array (, flags:uint)]
 
 ``auth`` covers ``b"xcore-dht-v1" || payload`` exactly as sent, and is either
 an Ed25519 signature by ``sender_pubkey`` (auth_kind 0: first contact, when the
@@ -13,6 +13,13 @@ the key both peers derive from their static keys (auth_kind 1). ``to`` is the
 receiver's node ID when the sender knows it, so a captured message cannot be
 replayed to another node; ``rid`` and ``ts_ms`` let the receiver refuse
 replays and match responses to requests.
+
+``flags`` is optional (absent means 0). Bit 0, :data:`FLAG_CLIENT`, marks a
+*client-mode* sender: a short-lived process (an ``xcore put`` run without a
+node) that asks but does not serve. Receivers answer it but never put it in
+their routing tables, so nobody routes lookups through it or stores records
+at it after it has gone (libp2p's DHT client mode does the same). Nodes send
+7-field payloads; only clients send the 8th field.
 
 Bodies by type (a table, not names from the network):
 
@@ -49,6 +56,7 @@ AUTH_MAC = 1
 MAX_CONTACTS = 32
 MAX_RECORDS_PER_VALUE = 64
 MAX_HOST = 64
+FLAG_CLIENT = 1
 
 Address = tuple[str, int]
 
@@ -228,14 +236,23 @@ class Message:
     auth_kind: int
     auth: bytes
     payload: bytes
+    flags: int = 0
 
     @property
     def is_request(self) -> bool:
         return self.body.TYPE in REQUEST_TYPES
 
+    @property
+    def from_client(self) -> bool:
+        return bool(self.flags & FLAG_CLIENT)
 
-def encode_payload(body: Body, rid: bytes, sender_pubkey: bytes, to: bytes, ts_ms: int) -> bytes:
-    return pack([VERSION, body.TYPE, rid, sender_pubkey, to, ts_ms, body.body()])
+
+def encode_payload(body: Body, rid: bytes, sender_pubkey: bytes, to: bytes, ts_ms: int,
+                   flags: int = 0) -> bytes:
+    doc = [VERSION, body.TYPE, rid, sender_pubkey, to, ts_ms, body.body()]
+    if flags:
+        doc.append(flags)
+    return pack(doc)
 
 
 def auth_bytes(payload: bytes) -> bytes:
@@ -256,8 +273,8 @@ def decode_datagram(data: bytes) -> Message:
     payload = as_bytes(outer[0], "payload", max_size=MAX_DATAGRAM)
     auth_kind = as_int(outer[1], "auth kind", 0, 1)
     auth = as_bytes(outer[2], "auth", size=SIG_BYTES if auth_kind == AUTH_SIG else MAC_BYTES)
-    doc = as_list(unpack_bounded(payload, MAX_DATAGRAM, MAX_RECORDS_PER_VALUE + 8), "payload", 7)
-    expect(len(doc) == 7, "payload: expected 7 fields")
+    doc = as_list(unpack_bounded(payload, MAX_DATAGRAM, MAX_RECORDS_PER_VALUE + 8), "payload", 8)
+    expect(len(doc) in (7, 8), "payload: expected 7 or 8 fields")
     expect(type(doc[0]) is int and doc[0] == VERSION, "payload: unknown version")
     mtype = as_int(doc[1], "type", 0, 255)
     cls = BODY_TYPES.get(mtype)
@@ -269,4 +286,5 @@ def decode_datagram(data: bytes) -> Message:
     expect(len(to) in (0, ID_BYTES), "to: expected 0 or 20 bytes")
     ts_ms = as_int(doc[5], "ts", 0, 2**53)
     body = cls.from_body(as_list(doc[6], "body", 4))
-    return Message(rid, sender, to, ts_ms, body, auth_kind, auth, payload)
+    flags = as_int(doc[7], "flags", 0, 255) if len(doc) == 8 else 0
+    return Message(rid, sender, to, ts_ms, body, auth_kind, auth, payload, flags)

@@ -53,12 +53,12 @@ from xcore.crypto.identity import (
     ID_BYTES, Identity, check_pubkey, mac, node_id_of, verify,
 )
 from xcore.dht.messages import (
-    AUTH_MAC, AUTH_SIG, MAX_DATAGRAM, MAX_RECORDS_PER_VALUE, RID_BYTES, Address, Body, ContactInfo, FindNode,
+    AUTH_MAC, AUTH_SIG, FLAG_CLIENT, MAX_DATAGRAM, MAX_RECORDS_PER_VALUE, RID_BYTES, Address, Body, ContactInfo, FindNode,
     FindValue, Message, Nodes, Ping, Pong, Store, Stored, Value, auth_bytes,
     decode_datagram, encode_datagram, encode_payload, RESPONSE_FOR,
 )
 from xcore.dht.operation import Operation
-from xcore.dht.records import Record, RecordStore, best_per_signer, kind_spec
+from xcore.dht.records import Record, RecordStore, best_per_signer, kind_spec, validate
 from xcore.dht.routing import Contact, RoutingTable
 from xcore.errors import (
     BadIdentity, BadSignature, LookupFailed, NoPeers, NotFound, RecordRejected,
@@ -86,6 +86,11 @@ class DHTConfig:
     diversity: bool = True
     welcome_batch: int = 64  # records handed to one newcomer at most
     max_seen: int = 200_000  # replay cache entries (request IDs within the window)
+    # A short-lived client (``xcore put`` without a running node): it asks but
+    # does not serve. Its messages carry FLAG_CLIENT, so peers answer without
+    # adding it to their tables; it keeps no records (a put counts remote
+    # copies only) and joins with a self-lookup, without refreshing buckets.
+    client: bool = False
 
 
 @dataclass
@@ -360,7 +365,9 @@ class DHTNode:
                     return
             self._seen[key] = now
             self._handle_request(msg, contact, addr, now)
-            if msg.auth_kind == AUTH_MAC or sender_id in self.routing:
+            if msg.flags & FLAG_CLIENT:
+                self._count("client_requests")  # answered, never routed through
+            elif msg.auth_kind == AUTH_MAC or sender_id in self.routing:
                 self._saw_alive(contact, now)
             else:
                 self._verify_then_add(contact, now)
@@ -376,7 +383,8 @@ class DHTNode:
             held = self.routing.get(sender_id)
             if held is not None:
                 held.rtt = now - pending.sent_at
-            self._saw_alive(contact, now)
+            if not msg.flags & FLAG_CLIENT:
+                self._saw_alive(contact, now)
             pending.on_reply(msg, contact, now)
 
     # -- operations ----------------------------------------------------------
@@ -400,9 +408,9 @@ class DHTNode:
             own.add_done_callback(lambda _o: refresh(self._now))
 
         def refresh(t: float) -> None:
-            ops = [self.find_node(self._random_id_in(b.range), t)
-                   for b in self.routing.buckets
-                   if not b.has_in_range(self.routing.own)]
+            ops = [] if self.config.client else [
+                self.find_node(self._random_id_in(b.range), t)
+                for b in self.routing.buckets if not b.has_in_range(self.routing.own)]
             if not ops:
                 op.set_result(len(self.routing))
                 return
@@ -463,8 +471,11 @@ class DHTNode:
         op: Operation[int] = Operation("put")
         local = 0
         try:
-            self.store.put(record, now)
-            local = 1
+            if self.config.client:  # a client's copy leaves with it: only remote ones count
+                validate(record, now)
+            else:
+                self.store.put(record, now)
+                local = 1
         except RecordRejected as exc:
             if "stale" in str(exc) or "same seq" in str(exc):
                 op.set_error(exc)
@@ -497,7 +508,8 @@ class DHTNode:
     def _send(self, body: Body, rid: bytes, addr: Address, to_id: bytes | None,
               to_pubkey: bytes | None, now: float) -> None:
         self._now = now
-        payload = encode_payload(body, rid, self.identity.pubkey, to_id or b"", int(now * 1000))
+        payload = encode_payload(body, rid, self.identity.pubkey, to_id or b"", int(now * 1000),
+                                 FLAG_CLIENT if self.config.client else 0)
         if to_pubkey is not None:
             try:
                 auth = mac(self.identity.mac_key(to_pubkey), auth_bytes(payload))
@@ -764,7 +776,8 @@ class DHTNode:
         # the key: elsewhere a copy would only multiply hourly republishing.
         t = int.from_bytes(lk.target, "big")
         own = int.from_bytes(self.identity.node_id, "big") ^ t
-        if len(closest) < self.config.ksize or own < (closest[-1].long_id ^ t):
+        if not self.config.client and (len(closest) < self.config.ksize
+                                       or own < (closest[-1].long_id ^ t)):
             for rec in lk.records.values():
                 try:
                     self.store.put(rec, now)
