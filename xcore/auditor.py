@@ -1,7 +1,8 @@
 """The audit loop of a running node: the I/O around :mod:`xcore.contracts.audit`.
 
 Which contracts does a node audit? The ones it holds as a DHT record holder:
-contract records live at the k nodes closest to ``contract_key(share)``, so
+a host's contract for a share travels in its ``loc`` record, which lives at
+the k nodes closest to ``loc_key(share)`` (:mod:`xcore.contracts.hosts`), so
 audit duty spreads over the network with no coordinator and no node audits
 everything. Each round the node draws a bounded random sample of them
 (:class:`~xcore.contracts.audit.AuditSchedule`: a rate per period, jittered),
@@ -32,8 +33,8 @@ from xcore.contracts.audit import (
     Answer, AuditSchedule, Attestation, Challenge, attest, attest_key, classify_attestation,
     make_attest_record, parse_attest_record,
 )
-from xcore.contracts.contract import SignedContract, contract_key, parse_contract_record
-from xcore.contracts.hosts import HostInfo, read_hosts
+from xcore.contracts.contract import SignedContract
+from xcore.contracts.hosts import HostInfo, loc_contract, loc_key, read_hosts
 from xcore.contracts.reputation import Reputation
 from xcore.errors import (
     ContractEnded, LookupFailed, RecordRejected, RemoteProtocolError, XcoreError,
@@ -72,11 +73,13 @@ class Auditor:
         now = self.svc.clock()
         out = []
         for rec in self.svc.dht.store:
-            if rec.kind != "contract":
+            if rec.kind != "loc":
                 continue
             try:
-                sc = parse_contract_record(rec)
+                sc = loc_contract(rec)
             except RecordRejected:
+                continue
+            if sc is None:
                 continue
             c = sc.contract
             if sc.until <= now or c.host_id == self.svc.identity.node_id:
@@ -150,12 +153,12 @@ class Auditor:
         """Whether the network holds ``sc`` ended (by its owner) before ``when``;
         such a record is kept, so the contract is not planned again."""
         c = sc.contract
-        for rec in await self._dht_get(contract_key(c.share_hash)):
+        for rec in await self._dht_get(loc_key(c.share_hash)):
             try:
-                other = parse_contract_record(rec)
+                other = loc_contract(rec)
             except RecordRejected:
                 continue
-            if other.contract == c and other.delete_sig and other.until <= when:
+            if other is not None and other.contract == c and other.delete_sig and other.until <= when:
                 try:
                     self.svc.dht.store.put(rec, self.svc.clock())
                 except RecordRejected:
@@ -188,13 +191,15 @@ class Auditor:
                 if att.digest() in self._seen:
                     continue
                 if att.share_hash not in contracts:
-                    got = await self._dht_get(contract_key(att.share_hash))
+                    got = await self._dht_get(loc_key(att.share_hash))
                     parsed = []
                     for r in got:
                         try:
-                            parsed.append(parse_contract_record(r))
+                            sc = loc_contract(r)
                         except RecordRejected:
                             continue
+                        if sc is not None:
+                            parsed.append(sc)
                     contracts[att.share_hash] = parsed
                 sc = next((x for x in contracts[att.share_hash]
                            if x.contract.host_id == att.host_id), None)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import xcore.client.index  # noqa: F401  "index": the owner's bucket index pointer
 import xcore.contracts.audit  # noqa: F401  "attest": signed audit attestations
-import xcore.contracts.contract  # noqa: F401  "contract": dual-signed storage contracts
-import xcore.contracts.hosts  # noqa: F401  "host" announcements and "loc" share locations
+import xcore.contracts.hosts  # noqa: F401  "host" announcements, "loc" locations and contracts
 import xcore.contracts.repair  # noqa: F401  "claim": repair leadership claims
 import xcore.contracts.segments  # noqa: F401  "seg": segment records / repair authorisations
 from xcore.dht.records import known_kinds

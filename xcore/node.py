@@ -32,10 +32,11 @@ from xcore.control import ControlServer, is_running, with_progress
 from xcore.crypto.identity import Identity
 from xcore.dht.protocol import DHTConfig, DHTNode, new_record
 from xcore.dht.records import dht_key
-from xcore.errors import ConfigError, NoPeers, RemoteProtocolError, XcoreError
+from xcore.errors import ConfigError, NoPeers, RecordRejected, RemoteProtocolError, XcoreError
 from xcore.fsutil import atomic_write
 import xcore.kinds  # noqa: F401  registers every record kind this node accepts
-from xcore.contracts.hosts import host_record, loc_key, loc_record
+from xcore.contracts.contract import SignedContract
+from xcore.contracts.hosts import host_record, loc_contract, loc_key, loc_record
 from xcore.net.aio import DatagramDriver, clock_from_env, open_udp, wait_op
 from xcore.net.streams import TCP
 from xcore.shard.host import HostService
@@ -224,7 +225,6 @@ class NodeService:
             self.host.on_stored = self._share_stored
             self.host.on_deleted = self._share_deleted
             self.host.on_owner_deleted = self._contract_ended
-            self.host.on_contract = self._contract_signed
             self.tcp_address = await self.host.start(self.config["host"], self.address[1])
             if self.config["port"] == 0:
                 # keep the port the OS chose so peers find us after a restart
@@ -359,41 +359,50 @@ class NodeService:
             if dropped:  # (the announce loop publishes the space freed)
                 log.info("dropped %d share(s) whose grants expired", dropped)
 
-    def _share_stored(self, share_hash: bytes) -> None:
+    def _share_stored(self, share_hash: bytes, contract: SignedContract | None) -> None:
+        """Say where the share is and under which contract: one ``loc`` record
+        (xcore.contracts.hosts). Without a new contract (a repair's copy, a
+        share sent again) the one already published stays."""
         if self.driver is None or self.tcp_address is None:
             return
-        rec = loc_record(self.identity, share_hash, self.tcp_address, self.clock())
+        if contract is None:
+            contract = self._published_contract(share_hash)
+        rec = loc_record(self.identity, share_hash, self.tcp_address, self.clock(), contract)
         self.driver.call(lambda t: self.dht.publish(rec, t))
 
-    def _contract_signed(self, sc: Any) -> None:
-        from xcore.contracts.contract import make_contract_record
-        if self.driver is None:
-            return
-        rec = make_contract_record(self.identity, sc, self.clock())
-        self.driver.call(lambda t: self.dht.publish(rec, t))
+    def _published_contract(self, share_hash: bytes) -> SignedContract | None:
+        rec = self.dht.published.get(("loc", loc_key(share_hash)))
+        try:
+            return loc_contract(rec) if rec is not None else None
+        except RecordRejected:
+            return None
 
     def _share_deleted(self, share_hash: bytes) -> None:
         self.dht.unpublish("loc", loc_key(share_hash))
 
-    def _contract_ended(self, share_hash: bytes, owner: bytes, ts: int, sig: bytes) -> None:
-        """The owner deleted ``share_hash``: republish our contract for it
-        with the owner's signed DELETE, so auditors stop challenging us for it
-        and payouts end there (xcore.contracts.contract, "Ending early")."""
-        from xcore.contracts.contract import (
-            contract_key, make_contract_record, parse_contract_record,
-        )
-        rec = self.dht.published.get(("contract", contract_key(share_hash)))
-        if rec is None or self.driver is None:
+    def _contract_ended(self, share_hash: bytes, owner: bytes, ts: int, sig: bytes,
+                        held: bool) -> None:
+        """The owner deleted ``share_hash``: publish our contract for it with
+        the owner's signed DELETE attached, so auditors stop challenging us for
+        it and payouts end there (xcore.contracts.contract, "Ending early").
+        If nobody else keeps the share, that is a tombstone: a loc record with
+        no address, put once for its TTL and not renewed, which replaces the
+        copies auditors hold."""
+        sc = self._published_contract(share_hash)
+        ended: SignedContract | None = None
+        if sc is not None and sc.contract.owner_pubkey == owner and not sc.delete_sig:
+            try:
+                ended = sc.ended_by(ts, sig)
+            except XcoreError as exc:  # (a DELETE the host checked: should not happen)
+                log.warning("cannot end the contract for %s: %s", share_hash.hex()[:12], exc)
+        if held:
+            if ended is not None:
+                self._share_stored(share_hash, ended)
             return
-        try:
-            sc = parse_contract_record(rec)
-            if sc.contract.owner_pubkey != owner or sc.delete_sig:
-                return
-            ended = make_contract_record(self.identity, sc.ended_by(ts, sig), self.clock())
-        except XcoreError as exc:  # (a DELETE the host checked: should not happen)
-            log.warning("cannot end the contract for %s: %s", share_hash.hex()[:12], exc)
-            return
-        self.driver.call(lambda t: self.dht.publish(ended, t))
+        self.dht.unpublish("loc", loc_key(share_hash))
+        if ended is not None and self.driver is not None:
+            tomb = loc_record(self.identity, share_hash, None, self.clock(), ended)
+            self.driver.call(lambda t: self.dht.put(tomb, t))
 
     # -- state ----------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Storage contracts: Merkle roots over 1 KiB blocks, signatures, codec, ``contract`` records."""
+"""Storage contracts: Merkle roots over 1 KiB blocks, signatures, codec, and the ``loc``
+records that carry them."""
 
 from __future__ import annotations
 
@@ -12,16 +13,14 @@ from hypothesis import strategies as st
 
 from xcore.contracts.contract import (
     AUDIT_BLOCK,
-    CONTRACT_GRACE,
     CONTRACT_TAG,
     Contract,
     SignedContract,
-    contract_key,
-    make_contract_record,
-    parse_contract_record,
     share_merkle_root,
     share_tree,
 )
+from xcore.codec import pack
+from xcore.contracts.hosts import loc_address, loc_contract, loc_key, loc_record
 from xcore.crypto.identity import Identity, node_id_of
 from xcore.crypto.merkle import MerkleTree, merkle_root, iter_blocks
 from xcore.dht.records import Record, RecordStore, validate
@@ -255,59 +254,67 @@ def test_only_the_owners_delete_of_that_share_ends_a_contract(case: str) -> None
     with pytest.raises(BadSignature):
         SignedContract.decode(forged.encode()).verify()
     with pytest.raises(RecordRejected):
-        parse_contract_record(make_contract_record(HOST, forged, NOW))
+        loc_contract(loc_record(HOST, forged.contract.share_hash, ADDR, NOW, forged))
 
 
-def test_an_ended_contract_record_replaces_the_hosts_earlier_one() -> None:
+def test_a_tombstone_with_the_ended_contract_replaces_the_hosts_loc_record() -> None:
     sc = signed()
+    share = sc.contract.share_hash
     store = RecordStore()
-    store.put(make_contract_record(HOST, sc, NOW - 60), NOW)
-    store.put(make_contract_record(HOST, sc.ended_by(NOW, deleted_at(NOW)), NOW), NOW)
-    [rec] = store.get(contract_key(sc.contract.share_hash), NOW)
-    assert parse_contract_record(rec).until == NOW
+    store.put(loc_record(HOST, share, ADDR, NOW - 60, sc), NOW)
+    store.put(loc_record(HOST, share, None, NOW, sc.ended_by(NOW, deleted_at(NOW))), NOW)
+    [rec] = store.get(loc_key(share), NOW)
+    ended = loc_contract(rec)
+    assert ended is not None and ended.until == NOW
+    with pytest.raises(RemoteProtocolError, match="deleted"):
+        loc_address(rec)  # readers looking for holders skip it
 
 
-# -- DHT records ------------------------------------------------------------------------------
+# -- DHT records: contracts travel in their host's loc record ------------------------------------
+
+ADDR = ("10.1.2.3", 4000)
 
 
-def test_owner_and_host_records_validate_and_coexist() -> None:
+def test_loc_records_with_and_without_a_contract_validate() -> None:
     sc = signed()
-    store = RecordStore()
-    for who in (OWNER, HOST):
-        rec = make_contract_record(who, sc, NOW)
-        assert rec.key == contract_key(sc.contract.share_hash)
+    share = sc.contract.share_hash
+    for contract in (sc, None):
+        rec = loc_record(HOST, share, ADDR, NOW, contract)
+        assert rec.key == loc_key(share)
         validate(rec, NOW)
-        assert parse_contract_record(rec) == sc
-        assert store.put(rec, NOW) == "stored"
-    assert {r.signer_pubkey for r in store.get(contract_key(sc.contract.share_hash), NOW)} == {
-        OWNER.pubkey, HOST.pubkey}
+        assert loc_contract(rec) == contract
+        assert loc_address(rec) == ADDR
 
 
-def test_make_record_refuses_third_parties_incomplete_and_ended() -> None:
+def test_make_loc_record_refuses_other_hosts_contracts_incomplete_ones_and_bare_tombstones() -> None:
     sc = signed()
+    share = sc.contract.share_hash
     with pytest.raises(LocalProtocolError):
-        make_contract_record(OTHER, sc, NOW)
+        loc_record(OWNER, share, ADDR, NOW, sc)  # the owner is not the contract's host
     with pytest.raises(LocalProtocolError):
-        make_contract_record(OWNER, SignedContract(sc.contract).sign_as_owner(OWNER), NOW)
+        loc_record(HOST, share, ADDR, NOW, SignedContract(sc.contract).sign_as_owner(OWNER))
     with pytest.raises(LocalProtocolError):
-        make_contract_record(OWNER, sc, sc.contract.end + CONTRACT_GRACE + 1)
+        loc_record(HOST, b"\x00" * 32, ADDR, NOW, sc)  # another share's contract
+    with pytest.raises(LocalProtocolError):
+        loc_record(HOST, share, None, NOW)
 
 
-def _raw_record(signer: Identity, value: bytes, key: bytes | None = None,
-                expires: int = NOW + 3600) -> Record:
-    return Record.create(signer, "contract", key or contract_key(signed().contract.share_hash),
-                         value, 1, expires)
+def _raw_record(signer: Identity, value: bytes, key: bytes | None = None) -> Record:
+    doc = {"v": 1, "addr": "10.1.2.3:4000", "c": value}
+    return Record.create(signer, "loc", key or loc_key(signed().contract.share_hash),
+                         pack(doc), 1, NOW + 3600)
 
 
-def test_records_by_anyone_else_are_rejected() -> None:
-    with pytest.raises(RecordRejected, match="neither owner nor host"):
-        validate(_raw_record(OTHER, signed().encode()), NOW)
+def test_contracts_published_by_anyone_but_their_host_are_rejected() -> None:
+    for who in (OWNER, OTHER):
+        with pytest.raises(RecordRejected, match="another host"):
+            validate(_raw_record(who, signed().encode()), NOW)
 
 
-def test_one_signature_records_are_rejected() -> None:
+def test_one_signature_contracts_are_rejected() -> None:
     half = SignedContract(make_contract()).sign_as_owner(OWNER)
     with pytest.raises(RecordRejected):
-        validate(_raw_record(OWNER, half.encode()), NOW)
+        validate(_raw_record(HOST, half.encode()), NOW)
 
 
 def test_changed_fields_are_rejected() -> None:
@@ -318,23 +325,28 @@ def test_changed_fields_are_rejected() -> None:
 
 
 def test_wrong_key_and_garbage_are_rejected() -> None:
-    with pytest.raises(RecordRejected, match="key"):
-        validate(_raw_record(OWNER, signed().encode(), key=contract_key(b"\x00" * 32)), NOW)
+    with pytest.raises(RecordRejected, match="another share"):
+        validate(_raw_record(HOST, signed().encode(), key=loc_key(b"\x00" * 32)), NOW)
     with pytest.raises(RecordRejected):
-        validate(_raw_record(OWNER, b"\x93\x01\x02\x03"), NOW)
+        validate(_raw_record(HOST, b"\x93\x01\x02\x03"), NOW)
 
 
-def test_records_may_not_outlive_the_contract_by_more_than_the_grace() -> None:
-    c = make_contract(end=NOW + 3600)
-    rec = _raw_record(OWNER, signed(c).encode(), expires=c.end + CONTRACT_GRACE + 1)
-    with pytest.raises(RecordRejected, match="outlives"):
-        parse_contract_record(rec)
+def test_tombstones_need_a_contract_its_owner_ended() -> None:
+    sc = signed()
+    key = loc_key(sc.contract.share_hash)
+    for doc in ({"v": 1}, {"v": 1, "c": sc.encode()}):
+        with pytest.raises(RecordRejected, match="no address"):
+            validate(Record.create(HOST, "loc", key, pack(doc), 1, NOW + 3600), NOW)
+    ended = sc.ended_by(NOW, deleted_at(NOW))
+    validate(Record.create(HOST, "loc", key, pack({"v": 1, "c": ended.encode()}), 1, NOW + 3600),
+             NOW)
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_property_tampered_record_bytes_are_rejected(data: st.DataObject) -> None:
-    blob = bytearray(make_contract_record(HOST, signed(), NOW).encode())
+    sc = signed()
+    blob = bytearray(loc_record(HOST, sc.contract.share_hash, ADDR, NOW, sc).encode())
     i = data.draw(st.integers(0, len(blob) - 1))
     blob[i] ^= data.draw(st.integers(1, 255))
     from xcore.dht.records import decode_and_validate

@@ -57,9 +57,8 @@ from xcore.contracts.audit import (
     Attestation, Challenge, Evidence, attest, attest_key, classify_attestation,
     make_attest_record, parse_attest_record, verify_answer, verify_attestation,
 )
-from xcore.contracts.contract import (
-    Contract, SignedContract, contract_key, parse_contract_record,
-)
+from xcore.contracts.contract import Contract, SignedContract
+from xcore.contracts.hosts import loc_contract, loc_key
 from xcore.contracts.reputation import BAD_THRESHOLD
 from xcore.control import call
 from xcore.crypto.identity import Identity
@@ -336,13 +335,15 @@ async def read_and_check(svc: Any, host_ids: list[bytes]) -> dict[bytes, list[Ch
     shares = sorted({a.share_hash for a in atts})
     contracts: dict[bytes, list[SignedContract]] = {}
     for share, recs in zip(shares, await asyncio.gather(
-            *(dht_records(svc, contract_key(h), limit) for h in shares))):
+            *(dht_records(svc, loc_key(h), limit) for h in shares))):
         got = []
         for r in recs:
             try:
-                got.append(parse_contract_record(r))
+                sc = loc_contract(r)
             except RecordRejected:
                 continue
+            if sc is not None:
+                got.append(sc)
         contracts[share] = got
     out: dict[bytes, list[Checked]] = {}
     for att in atts:
@@ -623,10 +624,10 @@ def test_nobody_can_forge_a_proof_of_fault_against_an_honest_host(
 
 def offline_auditor(tmp_path: Path) -> tuple[Any, SignedContract]:
     """An Auditor on a node cut off from the network (every DHT operation fails at
-    once), holding one contract record of a host it cannot look up."""
+    once), holding one host's loc record (with its contract) of a host it cannot look up."""
     import random
     from xcore.auditor import Auditor
-    from xcore.contracts.contract import make_contract_record
+    from xcore.contracts.hosts import loc_record
     from xcore.dht.operation import Operation
 
     class Offline:
@@ -645,7 +646,7 @@ def offline_auditor(tmp_path: Path) -> tuple[Any, SignedContract]:
     svc = types.SimpleNamespace(
         identity=me, data_dir=tmp_path, clock=time.time, driver=Offline(), streams=None,
         env=types.SimpleNamespace(rng=rng, token_bytes=rng.randbytes),
-        dht=types.SimpleNamespace(store=[make_contract_record(owner, sc, now)],
+        dht=types.SimpleNamespace(store=[loc_record(host, c.share_hash, ("127.0.0.1", 9), now, sc)],
                                   config=types.SimpleNamespace(difficulty=2)))
     return Auditor(svc), sc
 

@@ -60,9 +60,9 @@ from xcore.contracts.audit import (
     parse_attest_record,
 )
 from xcore.contracts.contract import (
-    Contract, SignedContract, make_contract_record, parse_contract_record,
+    Contract, SignedContract,
 )
-from xcore.contracts.hosts import HostInfo, host_record, loc_address, loc_record
+from xcore.contracts.hosts import HostInfo, host_record, loc_address, loc_contract, loc_record
 from xcore.contracts.repair import make_claim, parse_claim, parse_claim_value
 from xcore.contracts.segments import decode_segment_record, make_segment_record, parse_segment
 from xcore.control import read_frame
@@ -240,10 +240,9 @@ POINTER = IndexPointer(b"\x07" * 32, 1234, ((b"\x01" * 20, "10.0.0.1:4000"),))
 RECORDS: dict[str, Record] = {
     "text": new_record(PEER, "text", dht_key("hello"), b"world", NOW),
     "host": host_record(HOST, ("10.1.2.3", 4000), 10 * MiB, 5 * MiB, NOW - 100, NOW),
-    "loc": loc_record(HOST, SHARE_HASH, ("10.1.2.3", 4000), NOW),
     "claim": make_claim(HOST, b"\x05" * 20, NOW, 120),
     "seg": make_segment_record(OWNER, SEG_SHARES, 2, 3, 5000, int(NOW) + 86400, 20_000, NOW),
-    "contract": make_contract_record(HOST, CONTRACT, NOW),
+    "loc": loc_record(HOST, CONTRACT.contract.share_hash, ("10.1.2.3", 4000), NOW, CONTRACT),
     "attest": make_attest_record(AUDITOR, ATTESTATION, NOW),
     "index": make_index_record(KEYS, POINTER, 7, NOW),
 }
@@ -267,7 +266,7 @@ DATAGRAMS = _datagrams()
 GRANT = Grant.create(OWNER, SHARE_HASH, HOST.node_id, int(NOW) + 3600)
 _FRAME_SPECS: list[tuple[int, list[Any]]] = [
     (HELLO, [1, PEER.pubkey, bytes(32)]), (PUT, [SHARE_HASH, 5000, GRANT.encode(),
-                                               RECORD_BLOBS[4], CONTRACT.encode()]),
+                                               RECORDS["seg"].encode(), CONTRACT.encode()]),
     (DATA, [SHARE[:300]]), (GET, [SHARE_HASH]), (OK, [{"has": True, "size": 3}]),
     (DELETE, [SHARE_HASH, OWNER.pubkey, int(NOW), bytes(64)]), (AUDIT, [CHALLENGE.encode()]),
 ]
@@ -321,12 +320,12 @@ def test_kind_parsers_on_records_with_arbitrary_values(kind: str, value: bytes,
     base = RECORDS[kind]
     if resign:
         signer = KEYS.signing if kind == "index" else HOST
-        rec = Record.create(signer, kind, base.key, value, base.seq + 1, base.expires)
+        rec = Record.create(signer, base.kind, base.key, value, base.seq + 1, base.expires)
         check(decode_and_validate, rec.encode(), NOW, size=len(value))
     else:
-        rec = Record(kind, base.key, value, base.seq, base.expires, base.signer_pubkey,
+        rec = Record(base.kind, base.key, value, base.seq, base.expires, base.signer_pubkey,
                      base.signature)
-    for parse in (parse_attest_record, parse_contract_record, parse_segment, parse_claim,
+    for parse in (parse_attest_record, loc_contract, parse_segment, parse_claim,
                   HostInfo.from_record, loc_address):
         check(parse, rec, size=len(value))
     check(parse_claim_value, value, size=len(value))

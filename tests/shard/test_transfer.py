@@ -793,7 +793,7 @@ def test_renew_extends_the_owners_hold_without_moving_bytes(data_dir: Path) -> N
     contracts: list[SignedContract] = []
 
     async def body(rig: Rig) -> None:
-        rig.host.on_contract = contracts.append
+        rig.host.on_stored = lambda share, signed: contracts.append(signed) if signed else None
         conn = await rig.connect(rig.host_id.node_id)
         t0 = rig.clock.now
         await conn.put_share(sh, data, rig.grant(sh, expires=t0 + TERM), seg_record(rig, [sh, sh]))

@@ -15,24 +15,28 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from sims.protocol import ProtocolConfig, ProtocolSim, run_sim
 from tests.sims.owner_files import put_random
-from xcore.contracts.contract import contract_key, parse_contract_record
+from xcore.contracts.hosts import loc_address, loc_contract, loc_key
+from xcore.errors import RemoteProtocolError
 
 MIN = 60.0
 
 
 def _contracts(sim: ProtocolSim, shares: set[bytes]) -> list[tuple[int, Any, Any]]:
-    """(holder index, record, signed contract) of every ``contract`` record for
-    ``shares`` held in a live node's DHT store."""
-    keys = {contract_key(s) for s in shares}
+    """(holder index, record, signed contract) of every contract for ``shares``
+    (in ``loc`` records) held in a live node's DHT store."""
+    keys = {loc_key(s) for s in shares}
     out = []
     for i, h in enumerate(sim.hosts):
         if h.svc is None or not h.up:
             continue
         for rec in h.svc.dht.store:
-            if rec.kind == "contract" and rec.key in keys:
-                out.append((i, rec, parse_contract_record(rec)))
+            sc = loc_contract(rec) if rec.kind == "loc" and rec.key in keys else None
+            if sc is not None:
+                out.append((i, rec, sc))
     return out
 
 
@@ -111,9 +115,11 @@ def test_a_deleted_file_ends_its_contracts_and_no_host_is_blamed() -> None:
     assert out["passed_after"] == out["passed_before"]
     # because every copy of every contract is ended by the owner's DELETE
     assert len(after) == len(before)
-    for _, _, sc in after:
+    for _, rec, sc in after:
         assert sc.delete_sig and sc.until == sc.ended < sc.contract.end
         sc.verify()
+        with pytest.raises(RemoteProtocolError, match="deleted"):
+            loc_address(rec)  # a tombstone: nobody is sent there for the share
     # an auditor that missed the update challenges once, finds the host's
     # ended contract, keeps it and blames nobody
     assert out["planned_stale"], "the stale copy should be planned"

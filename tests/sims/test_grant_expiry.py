@@ -21,7 +21,7 @@ import pytest
 import xcore.client.files as files
 from sims.protocol import ProtocolConfig, ProtocolSim, run_sim
 from tests.sims.owner_files import put_random
-from xcore.contracts.contract import contract_key, parse_contract_record
+from xcore.contracts.hosts import loc_contract, loc_key
 from xcore.errors import NotFound
 
 HOUR = 3600.0
@@ -38,8 +38,9 @@ def _stored(sim: ProtocolSim) -> int:
 
 
 def _contract_ends(sim: ProtocolSim, share_hash: bytes) -> set[int]:
-    return {parse_contract_record(r).contract.end for h in sim.hosts if h.svc is not None
-            for r in h.svc.dht.store.get(contract_key(share_hash), sim.loop.time())}
+    return {sc.contract.end for h in sim.hosts if h.svc is not None
+            for r in h.svc.dht.store.get(loc_key(share_hash), sim.loop.time())
+            if (sc := loc_contract(r)) is not None}
 
 
 def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:

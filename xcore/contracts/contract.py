@@ -39,12 +39,11 @@ and no payout counts it. Without this a host that honoured a delete would
 be challenged, and recorded as unanswering, for the rest of the term. The
 host cannot end a contract on its own: it has no owner's signature to show.
 
-DHT record kind ``contract``: key ``contract_key(share_hash)`` =
-``dht_key(share_hash, namespace=b"contract")``, value the encoded signed
-contract, written by the contract's owner or host (nobody else). A key holds
+In the DHT a contract travels in its host's ``loc`` record for the share
+(:mod:`.hosts`): one record says where the share is and under which
+contract, so storing a share costs one DHT publication, not two. A key holds
 one entry per signer, so with mirrors (``k = 1``: n hosts store the same
-share hash) each *host* publishes its own contract; the owner's single entry
-under that key holds only its latest one.
+share hash) each host publishes its own contract.
 """
 
 from __future__ import annotations
@@ -56,9 +55,8 @@ from typing import Any
 from xcore.codec import as_bytes, as_int, as_list, canonical, expect, pack, unpack_bounded
 from xcore.crypto.identity import ID_BYTES, PUBKEY_BYTES, SIG_BYTES, Identity, node_id_of, verify
 from xcore.crypto.merkle import MerkleTree, block_count, buffer_root
-from xcore.dht.records import KindSpec, Record, dht_key, register_kind
 from xcore.errors import (
-    BadIdentity, BadSignature, LocalProtocolError, RecordRejected, RemoteProtocolError,
+    BadIdentity, BadSignature, LocalProtocolError, RemoteProtocolError,
 )
 from xcore.shard.erasure import MAX_N, MAX_SHARE_SIZE
 from xcore.shard.transfer import delete_signing_bytes
@@ -70,8 +68,6 @@ HASH_BYTES = 32
 MAX_TIME = 2**40
 MAX_PRICE = 2**62
 MAX_CONTRACT_BYTES = 512  # an encoded signed contract is about 330 bytes, 400 once ended
-CONTRACT_MAX_TTL = 400 * 24 * 3600
-CONTRACT_GRACE = 35 * 24 * 3600  # a record may outlive its term by a payout period
 _BODY_FIELDS = 13
 
 
@@ -312,61 +308,7 @@ def contract_of(c: Contract | SignedContract) -> Contract:
     return c.contract if isinstance(c, SignedContract) else c
 
 
-# -- DHT records --------------------------------------------------------------
-
-
-def contract_key(share_hash: bytes) -> bytes:
-    return dht_key(share_hash, namespace=b"contract")
-
-
-def parse_contract_record(rec: Record) -> SignedContract:
-    """The signed contract in a ``contract`` record, fully checked.
-
-    Raises :class:`RecordRejected` unless the value is a contract signed by
-    both parties, filed under its share's key and written by its owner or host.
-    (The record's own signature is the store's business: :func:`xcore.dht.records.validate`.)
-    """
-    if rec.kind != "contract":
-        raise RecordRejected("not a contract record")
-    try:
-        sc = SignedContract.decode(rec.value)
-        sc.verify()
-    except RemoteProtocolError as exc:
-        raise RecordRejected(f"bad contract record: {exc}") from exc
-    c = sc.contract
-    if rec.key != contract_key(c.share_hash):
-        raise RecordRejected("contract record: key does not match the share")
-    if rec.signer_pubkey not in (c.owner_pubkey, c.host_pubkey):
-        raise RecordRejected("contract record: signer is neither owner nor host")
-    if rec.expires > c.end + CONTRACT_GRACE:
-        raise RecordRejected("contract record outlives its contract")
-    return sc
-
-
-def _check_contract_value(rec: Record) -> None:
-    parse_contract_record(rec)
-
-
-register_kind(KindSpec("contract", max_value=MAX_CONTRACT_BYTES, max_ttl=CONTRACT_MAX_TTL,
-                       max_entries=64, validate_value=_check_contract_value))
-
-
-def make_contract_record(signer: Identity, sc: SignedContract, now: float) -> Record:
-    """A ``contract`` record for ``sc``, signed by its owner or its host."""
-    c = sc.contract
-    if signer.pubkey not in (c.owner_pubkey, c.host_pubkey):
-        raise LocalProtocolError("only the contract's owner or host may publish it")
-    if not sc.complete:
-        raise LocalProtocolError("a contract needs both signatures before it is published")
-    expires = min(c.end + CONTRACT_GRACE, int(now) + CONTRACT_MAX_TTL)
-    if expires <= now:
-        raise LocalProtocolError("the contract has ended")
-    return Record.create(signer, "contract", contract_key(c.share_hash), sc.encode(),
-                         int(now * 1000), expires)
-
-
 __all__ = [
-    "AUDIT_BLOCK", "CONTRACT_TAG", "Contract", "SignedContract", "contract_key", "contract_of",
-    "leaf_count_of", "make_contract_record", "parse_contract_record",
+    "AUDIT_BLOCK", "CONTRACT_TAG", "Contract", "SignedContract", "contract_of", "leaf_count_of",
     "share_merkle_root", "share_tree",
 ]

@@ -12,9 +12,26 @@ Value layout (msgpack map)::
      "since": unix time the node started}
 
 ``loc`` records: a host that stores a share says so under
-``dht_key(share_hash, b"loc")``, value ``{"v": 1, "addr": "host:port"}``, so
-a reader (or a repairer) finds current holders even when a manifest's host
-list is out of date.
+``loc_key(share_hash)`` = ``dht_key(share_hash, b"loc")``, so a reader (or a
+repairer) finds current holders even when a manifest's host list is out of
+date. The same record carries the host's storage contract for the share,
+when it has one (:mod:`.contract`): the record holders are the share's
+auditors (:mod:`xcore.auditor`). Value (msgpack map)::
+
+    {"v": 1, "addr": "host:port", "c": signed contract (optional)}
+    {"v": 1, "c": signed contract ended by its owner}     the share was deleted
+
+One record per share, not a location and a contract apart: each record a
+host publishes costs an iterative lookup and a STORE at the k closest nodes,
+each checked with Ed25519, and storing a share used to cost two of them (the
+largest part of a host's CPU during an upload, bench/README "Data path").
+
+A contract in a loc record must be signed by both parties, be for the
+record's share and be the signing host's own. A record without ``addr`` (a
+*tombstone*) is allowed only with a contract its owner ended: after a
+DELETE the host publishes one, once, for a ``LOC_TTL``, so that auditors
+holding the older record learn that the contract ended instead of blaming
+the host for a share it was told to drop.
 """
 
 from __future__ import annotations
@@ -23,14 +40,16 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from xcore.bootstrap import parse_address
-from xcore.codec import as_int, as_str, expect, pack, unpack_bounded
+from xcore.codec import as_bytes, as_int, as_str, expect, pack, unpack_bounded
+from xcore.contracts.contract import MAX_CONTRACT_BYTES, SignedContract
 from xcore.crypto.identity import Identity
 from xcore.dht.records import KindSpec, Record, dht_key, register_kind
-from xcore.errors import ConfigError, RecordRejected, RemoteProtocolError
+from xcore.errors import ConfigError, LocalProtocolError, RecordRejected, RemoteProtocolError
 
 HOST_SHARDS = 16
 HOST_TTL = 2 * 3600
 LOC_TTL = 24 * 3600
+LOC_MAX_VALUE = 128 + MAX_CONTRACT_BYTES
 
 
 def _check_host_value(rec: Record) -> None:
@@ -42,14 +61,19 @@ def _check_host_value(rec: Record) -> None:
 
 def _check_loc_value(rec: Record) -> None:
     try:
-        loc_address(rec)
+        doc = _loc_doc(rec)
+        if "addr" in doc:
+            _decode_addr(doc["addr"])
     except RemoteProtocolError as exc:
         raise RecordRejected(f"bad loc record: {exc}") from exc
+    sc = loc_contract(rec)
+    if "addr" not in doc and (sc is None or not sc.delete_sig):
+        raise RecordRejected("bad loc record: no address and no ended contract")
 
 
 register_kind(KindSpec("host", max_value=256, max_ttl=HOST_TTL, max_entries=256,
                        validate_value=_check_host_value))
-register_kind(KindSpec("loc", max_value=128, max_ttl=LOC_TTL, max_entries=64,
+register_kind(KindSpec("loc", max_value=LOC_MAX_VALUE, max_ttl=LOC_TTL, max_entries=64,
                        validate_value=_check_loc_value))
 
 
@@ -105,16 +129,59 @@ def host_record(identity: Identity, addr: tuple[str, int], capacity: int, free: 
                          int(now) + HOST_TTL)
 
 
-def loc_record(identity: Identity, share_hash: bytes, addr: tuple[str, int], now: float) -> Record:
-    return Record.create(identity, "loc", loc_key(share_hash),
-                         pack({"v": 1, "addr": f"{addr[0]}:{addr[1]}"}), int(now * 1000),
+def loc_record(identity: Identity, share_hash: bytes, addr: tuple[str, int] | None, now: float,
+               contract: SignedContract | None = None) -> Record:
+    """``identity`` holds ``share_hash`` at ``addr`` (under ``contract``, if
+    any); with ``addr`` None, a tombstone for a contract its owner ended."""
+    doc: dict[str, Any] = {"v": 1}
+    if addr is not None:
+        doc["addr"] = f"{addr[0]}:{addr[1]}"
+    if contract is not None:
+        c = contract.contract
+        if c.share_hash != share_hash or c.host_pubkey != identity.pubkey or not contract.complete:
+            raise LocalProtocolError("a loc record carries its host's signed contract for the share")
+        doc["c"] = contract.encode()
+    elif addr is None:
+        raise LocalProtocolError("a loc record without an address needs an ended contract")
+    return Record.create(identity, "loc", loc_key(share_hash), pack(doc), int(now * 1000),
                          int(now) + LOC_TTL)
 
 
-def loc_address(rec: Record) -> tuple[str, int]:
-    doc = unpack_bounded(rec.value, 128, 4)
+def _loc_doc(rec: Record) -> dict[str, Any]:
+    doc = unpack_bounded(rec.value, LOC_MAX_VALUE, 4)
     expect(isinstance(doc, dict) and doc.get("v") == 1, "loc record: bad version")
-    return _decode_addr(doc.get("addr"))
+    return doc  # type: ignore[no-any-return]
+
+
+def loc_address(rec: Record) -> tuple[str, int]:
+    """Where the signer serves the share; :class:`RemoteProtocolError` for a
+    malformed record or a tombstone (the share was deleted)."""
+    doc = _loc_doc(rec)
+    expect("addr" in doc, "loc record: the share was deleted")
+    return _decode_addr(doc["addr"])
+
+
+def loc_contract(rec: Record) -> SignedContract | None:
+    """The host's signed contract a loc record carries (None if it has none),
+    fully checked: signed by both parties, for the record's share, and the
+    record's signer is the contract's host. Raises :class:`RecordRejected`.
+    (The record's own signature is the store's business.)"""
+    if rec.kind != "loc":
+        raise RecordRejected("not a loc record")
+    try:
+        blob = _loc_doc(rec).get("c")
+        if blob is None:
+            return None
+        sc = SignedContract.decode(as_bytes(blob, "contract", max_size=MAX_CONTRACT_BYTES))
+        sc.verify()
+    except RemoteProtocolError as exc:
+        raise RecordRejected(f"bad contract in loc record: {exc}") from exc
+    c = sc.contract
+    if rec.key != loc_key(c.share_hash):
+        raise RecordRejected("loc record: the contract is for another share")
+    if rec.signer_pubkey != c.host_pubkey:
+        raise RecordRejected("loc record: the contract is another host's")
+    return sc
 
 
 async def read_hosts(dht_get: Callable[[bytes], Awaitable[list[Record]]],

@@ -48,6 +48,11 @@ ORPHAN_AGE = 24 * 3600  # a share with no owners file this long was never acknow
 EXPIRE_BATCH = 256  # shares checked per hold of the owners-file lock
 
 
+def _contract_reply(signed: SignedContract | None) -> dict[str, Any]:
+    """The OK of a PUT or RENEW: the countersigned contract, if any."""
+    return {"contract": signed.encode()} if signed is not None else {}
+
+
 class HostService:
     def __init__(self, data_dir: Path, identity: Identity, capacity: int, *,
                  clock: Callable[[], float], token_bytes: Callable[[int], bytes],
@@ -72,16 +77,18 @@ class HostService:
         self._meta_lock = asyncio.Lock()
         self.address: tuple[str, int] | None = None
         self.counters: dict[str, int] = {}
-        self.on_stored: Callable[[bytes], None] | None = None
+        # a share is stored (or its contract renewed): publish where it is and
+        # under which contract (None: a repair's copy, no contract yet)
+        self.on_stored: Callable[[bytes, SignedContract | None], None] | None = None
         self.on_deleted: Callable[[bytes], None] | None = None
         self._orphans: dict[bytes, float] = {}  # shares seen with no owners file, since
-        # an owner's signed DELETE: (share, owner key, ts, signature), the
-        # proof that ends the owner's contract for it early
-        self.on_owner_deleted: Callable[[bytes, bytes, int, bytes], None] | None = None
+        # an owner's signed DELETE: (share, owner key, ts, signature, whether
+        # the share is still held for other owners), the proof that ends the
+        # owner's contract for it early
+        self.on_owner_deleted: Callable[[bytes, bytes, int, bytes, bool], None] | None = None
         self.segment_of: dict[bytes, bytes] = {}
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
-        self.on_contract: Callable[[SignedContract], None] | None = None
         # Fault injection for tests and simulations of dishonest hosts
         # (config key "fault"): "delete" drops shares after accepting them,
         # "corrupt" serves flipped bytes, "hashes" answers audits without the
@@ -388,7 +395,10 @@ class HostService:
             await fs.send(READY, 0)
             await self._meta(self._add_owner, share_hash, owner, expires)
             self._count("puts_deduplicated")
-            await fs.send(OK, self._sign_contract(half, None))
+            signed = self._sign_contract(half, None)
+            await fs.send(OK, _contract_reply(signed))
+            if signed is not None and self.on_stored:
+                self.on_stored(share_hash, signed)
             return
         if size > self.store.free:
             self._count("puts_refused_capacity")
@@ -446,9 +456,10 @@ class HostService:
         await self._meta(self._add_owner, share_hash, owner, expires)
         self._count("puts")
         self._count("bytes_in", size)
-        await fs.send(OK, self._sign_contract(half, data, matched))
+        signed = self._sign_contract(half, data, matched)
+        await fs.send(OK, _contract_reply(signed))
         if self.on_stored:
-            self.on_stored(share_hash)
+            self.on_stored(share_hash, signed)
         if self.fault == "delete":  # fault injection: pretend to store, then drop the bytes
             self.store.delete(share_hash)
         elif self.fault == "corrupt" and size:  # fault injection: rot one byte on disk
@@ -541,7 +552,7 @@ class HostService:
             await self._meta(self._remember_segment, share_hash, seg_info, seg_blob)
         await self._meta(self._add_owner, share_hash, owner, expires)
         self._count("renewals")
-        contract: dict[str, Any] = {}
+        signed: SignedContract | None = None
         if half is not None:
             offer = half.contract
 
@@ -552,8 +563,10 @@ class HostService:
                     return None, False
                 return data, offer.matches(data)
             data, matched = await run_blocking(read_and_check, threads=self.threads)
-            contract = self._sign_contract(half, data, matched)
-        await fs.send(OK, contract)
+            signed = self._sign_contract(half, data, matched)
+        await fs.send(OK, _contract_reply(signed))
+        if signed is not None and self.on_stored:
+            self.on_stored(share_hash, signed)
 
     async def _meta(self, fn: Callable[..., None], *args: Any) -> None:
         """Run an owners/segment file update (an fsynced atomic write) off the
@@ -563,24 +576,22 @@ class HostService:
             await run_blocking(fn, *args, threads=self.threads)
 
     def _sign_contract(self, half: SignedContract | None, data: bytes | None,
-                       matched: bool | None = None) -> dict[str, Any]:
+                       matched: bool | None = None) -> SignedContract | None:
         """Countersign the owner's contract once the bytes are known to match it
         (``matched``: already checked against ``data``)."""
         if half is None:
-            return {}
+            return None
         if data is None:
             try:
                 data = self.store.get(half.contract.share_hash)
             except XcoreError:
-                return {}
+                return None
         if not (matched if matched is not None else half.contract.matches(data)):
             self._count("contracts_refused")
-            return {}
+            return None
         signed = half.sign_as_host(self.identity)
         self._count("contracts_signed")
-        if self.on_contract:
-            self.on_contract(signed)
-        return {"contract": signed.encode()}
+        return signed
 
     # -- audits ----------------------------------------------------------------
 
@@ -745,8 +756,6 @@ class HostService:
             await fs.send(ERR, E_UNAUTHORIZED, refused)
             return
         if self.on_owner_deleted:
-            self.on_owner_deleted(share_hash, owner, ts, sig)
-        if not owners and self.on_deleted:
-            self.on_deleted(share_hash)
+            self.on_owner_deleted(share_hash, owner, ts, sig, bool(owners))
         self._count("deletes")
         await fs.send(OK, {})
