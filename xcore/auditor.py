@@ -11,7 +11,12 @@ answer against the contract's Merkle root, signs an attestation, publishes it
 under the host's ``attest`` key and feeds its own reputation table. It also
 reads other nodes' attestations of the hosts it knows and checks them itself
 (a node that took no part in an audit can verify it), so reputation reflects
-the whole network's audits, weighted by each attester's standing.
+the whole network's audits, weighted by each attester's standing. A round
+reads the attestations of at most ``hosts_read_per_round`` hosts, those read
+longest ago first: every node reading every host each round would cost the
+network a number of lookups quadratic in its size (at 30 nodes it was most
+of the simulator's datagrams). The contracts those attestations name are
+cached for an hour.
 
 Attestations and their contracts are archived per month in
 ``DATA/audits/YYYY-MM.log`` (length-prefixed msgpack pairs) for payouts.
@@ -45,6 +50,9 @@ from xcore.shard.transfer import HostConnection
 
 log = logging.getLogger(__name__)
 
+CONTRACT_CACHE_SECONDS = 3600.0
+CONTRACT_CACHE_ENTRIES = 4096
+
 
 @dataclass
 class Auditor:
@@ -52,6 +60,7 @@ class Auditor:
     interval: float = 300.0
     rate: float = 4.0  # audits per contract per day
     max_per_round: int = 64
+    hosts_read_per_round: int = 16
     reputation: Reputation = field(init=False)
     counters: dict[str, int] = field(default_factory=dict)
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -59,6 +68,8 @@ class Auditor:
     _hosts: dict[bytes, HostInfo] = field(default_factory=dict)
     _hosts_at: float = 0.0
     _seen: set[bytes] = field(default_factory=set)
+    _read_at: dict[bytes, float] = field(default_factory=dict)  # host -> last attestation read
+    _contracts: dict[bytes, tuple[float, list[SignedContract]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reputation = Reputation(trusted=[self.svc.identity.node_id])
@@ -176,9 +187,8 @@ class Auditor:
     async def read_attestations(self) -> int:
         """Fetch others' attestations of known hosts and check them ourselves."""
         added = 0
-        hosts = list((await self.hosts()).keys())
+        hosts = self._hosts_to_read(list((await self.hosts()).keys()))
         recs_per_host = await asyncio.gather(*(self._dht_get(attest_key(h)) for h in hosts))
-        contracts: dict[bytes, list[SignedContract]] = {}
         for recs in recs_per_host:
             for rec in recs:
                 if rec.signer_id == self.svc.identity.node_id:
@@ -190,19 +200,8 @@ class Auditor:
                     continue
                 if att.digest() in self._seen:
                     continue
-                if att.share_hash not in contracts:
-                    got = await self._dht_get(loc_key(att.share_hash))
-                    parsed = []
-                    for r in got:
-                        try:
-                            sc = loc_contract(r)
-                        except RecordRejected:
-                            continue
-                        if sc is not None:
-                            parsed.append(sc)
-                    contracts[att.share_hash] = parsed
-                sc = next((x for x in contracts[att.share_hash]
-                           if x.contract.host_id == att.host_id), None)
+                known = await self._contracts_of(att.share_hash)
+                sc = next((x for x in known if x.contract.host_id == att.host_id), None)
                 if sc is None:
                     continue
                 evidence = classify_attestation(att, sc)
@@ -211,6 +210,41 @@ class Auditor:
                 self._archive(att, sc)
                 added += 1
         return added
+
+    def _hosts_to_read(self, hosts: list[bytes]) -> list[bytes]:
+        """This round's hosts: those never read, then those read longest ago
+        (ties in random order), at most ``hosts_read_per_round``."""
+        order = {h: self.rng.random() for h in sorted(hosts)}
+        ranked = sorted(order, key=lambda h: (self._read_at.get(h, float("-inf")), order[h]))
+        self._read_at = {h: t for h, t in self._read_at.items() if h in order}
+        chosen = ranked[: self.hosts_read_per_round]
+        now = self.svc.clock()
+        for h in chosen:
+            self._read_at[h] = now
+        return chosen
+
+    async def _contracts_of(self, share_hash: bytes) -> list[SignedContract]:
+        """The contracts the DHT holds for ``share_hash`` (loc records), cached
+        for an hour: attestations of one share keep coming from its auditors."""
+        now = self.svc.clock()
+        hit = self._contracts.get(share_hash)
+        if hit is not None and now - hit[0] < CONTRACT_CACHE_SECONDS:
+            return hit[1]
+        parsed = []
+        for r in await self._dht_get(loc_key(share_hash)):
+            try:
+                sc = loc_contract(r)
+            except RecordRejected:
+                continue
+            if sc is not None:
+                parsed.append(sc)
+        if len(self._contracts) >= CONTRACT_CACHE_ENTRIES:
+            cutoff = now - CONTRACT_CACHE_SECONDS
+            self._contracts = {k: v for k, v in self._contracts.items() if v[0] >= cutoff}
+            while len(self._contracts) >= CONTRACT_CACHE_ENTRIES:  # all fresh: drop the oldest
+                del self._contracts[next(iter(self._contracts))]
+        self._contracts[share_hash] = (now, parsed)
+        return parsed
 
     async def round(self, host: bytes | None = None, force: bool = False) -> list[dict[str, Any]]:
         contracts = self.known_contracts(host)

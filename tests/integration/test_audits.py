@@ -651,6 +651,40 @@ def offline_auditor(tmp_path: Path) -> tuple[Any, SignedContract]:
     return Auditor(svc), sc
 
 
+def test_each_round_reads_a_bounded_rotating_sample_of_hosts(tmp_path: Path) -> None:
+    """Reading every host's attestations every round cost the network lookups
+    quadratic in its size: a round reads at most hosts_read_per_round hosts,
+    never one again before every host was read once, and each attested share's
+    contracts are looked up once an hour, not once per round."""
+    aud, sc = offline_auditor(tmp_path)
+    ticks = iter(range(1_000_000))
+    aud.svc.clock = lambda: 1_750_000_000.0 + next(ticks)
+    hosts = [bytes([i]) * 20 for i in range(40)]
+    rounds = [aud._hosts_to_read(hosts) for _ in range(3)]
+    assert [len(r) for r in rounds] == [16, 16, 16]
+    assert len(set(rounds[0] + rounds[1])) == 32
+    assert set(hosts) - set(rounds[0] + rounds[1]) <= set(rounds[2])  # the 8 left come next
+    assert set(rounds[2]) - (set(hosts) - set(rounds[0] + rounds[1])) <= set(rounds[0])
+    # a host that left is forgotten; one that came is read first
+    newcomer = b"\xee" * 20
+    assert newcomer in aud._hosts_to_read(hosts[1:] + [newcomer])
+    assert hosts[0] not in aud._read_at
+
+    looked: list[bytes] = []
+
+    async def dht_get(key: bytes) -> list[Any]:
+        looked.append(key)
+        return []
+    aud._dht_get = dht_get
+    share = sc.contract.share_hash
+
+    async def twice() -> None:
+        assert await aud._contracts_of(share) == []
+        assert await aud._contracts_of(share) == []
+    asyncio.run(twice())
+    assert looked == [loc_key(share)]
+
+
 def test_xcore_audit_reports_the_audits_it_ran(tmp_path: Path) -> None:
     from xcore.contracts.hosts import HostInfo
     aud, sc = offline_auditor(tmp_path)
