@@ -379,6 +379,25 @@ def test_frame_stream_recv(data: bytes) -> None:
     check(asyncio.run, _recv_frame(data), size=len(data))
 
 
+async def _recv_data(data: bytes) -> Any:
+    reader = asyncio.StreamReader(limit=1 << 20)
+    reader.feed_data(data)
+    reader.feed_eof()
+    return await FrameStream(reader, None, 1.0).recv_data()  # type: ignore[arg-type]
+
+
+@FEW
+@given(st.one_of(stream_bytes, mutated([encode_frame(DATA, b"chunk" * 60),
+                                        encode_frame(DATA, bytes(70_000))])))
+def test_frame_stream_recv_data(data: bytes) -> None:
+    """The zero-copy DATA path: any bytes give a chunk that the generic
+    decoder agrees is the frame's DATA payload, or a clean error."""
+    chunk = check(asyncio.run, _recv_data(data), size=len(data))
+    if chunk is not None:
+        (size,) = struct.unpack(">I", data[:4])
+        assert decode_frame(data[4:4 + size]) == (DATA, [bytes(chunk)])
+
+
 # -- contracts and audits -------------------------------------------------------------------------
 
 

@@ -36,8 +36,8 @@ from xcore.shard.host import DELETE_SKEW, HostService
 from xcore.shard.store import ShareStore
 from xcore.shard.transfer import (
     AUTH, CHUNK, DATA, DELETE, ERR, GET, HELLO, HELLO_ACK, MAX_FRAME, MAX_SHARE, OK, PUT, READY,
-    SIZE, VERSION, FrameStream, Grant, HostConnection, _client_proof, decode_frame,
-    delete_signing_bytes, encode_frame,
+    SIZE, VERSION, FrameStream, Grant, HostConnection, _client_proof, _data_chunk,
+    data_frame_head, decode_frame, delete_signing_bytes, encode_frame,
 )
 
 NOW = 1_700_000_000.0
@@ -961,6 +961,30 @@ def test_malformed_frame_after_handshake_drops_only_that_peer(
     assert rig.host.connections == 0
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.sampled_from([0, 1, 255, 256, 65535, 65536, CHUNK - 1, CHUNK]),
+                 st.integers(0, CHUNK)))
+def test_data_frames_are_sent_without_copying_yet_byte_for_byte_as_encoded(n: int) -> None:
+    """A chunk goes out as data_frame_head(n) and the chunk itself: exactly
+    the bytes encode_frame makes, which the zero-copy reader takes apart."""
+    chunk = random.Random(n).randbytes(n)
+    framed = encode_frame(DATA, chunk)
+    assert data_frame_head(n) + chunk == framed
+    got = _data_chunk(framed[4:])
+    assert got is not None and bytes(got) == chunk
+
+
+@pytest.mark.parametrize("body", [
+    pack([DATA, b"x", b"y"]),                 # three fields
+    pack([GET, b"x"]),                        # another frame type
+    pack([DATA, "text"]),                     # not bin
+    pack([DATA, b"abc"])[:-1],                # bin shorter than its length says
+    pack([DATA, b"abc"]) + b"!",              # trailing bytes
+])
+def test_the_zero_copy_reader_leaves_anything_else_to_the_decoder(body: bytes) -> None:
+    assert _data_chunk(body) is None
+
+
 def test_bad_data_frames_inside_a_put_store_nothing(data_dir: Path) -> None:
     data = payload(CHUNK + 10, seed=14)
 
@@ -970,6 +994,7 @@ def test_bad_data_frames_inside_a_put_store_nothing(data_dir: Path) -> None:
             encode_frame(GET, h(data)),                                      # not DATA
             encode_frame(DATA, 12345),                                       # not bytes
             encode_frame(DATA),                                              # no payload
+            encode_frame(DATA, b""),                                         # empty chunk
             struct.pack(">I", MAX_FRAME + 1),                                # oversized
         ]:
             raw = await Raw.open(rig)
@@ -985,7 +1010,7 @@ def test_bad_data_frames_inside_a_put_store_nothing(data_dir: Path) -> None:
         await still_serves(rig)
 
     rig = run_host(data_dir, body)
-    assert rig.counters["bad_requests"] == 5
+    assert rig.counters["bad_requests"] == 6
     assert rig.counters.get("puts", 0) == 1  # still_serves
 
 

@@ -409,11 +409,7 @@ class HostService:
         await fs.send(READY, 1)
         buf = bytearray()
         while len(buf) < size:
-            ftype, d = await fs.recv()
-            if ftype != DATA or not d:
-                raise RemoteProtocolError("expected DATA")
-            chunk = as_bytes(d[0], "data", max_size=CHUNK)
-            buf += chunk
+            buf += await fs.recv_data()
             if len(buf) > size:
                 raise RemoteProtocolError("more data than announced")
         data = bytes(buf)
@@ -721,8 +717,9 @@ class HostService:
             await fs.send(ERR, E_CORRUPT, "stored share is corrupt")
             return
         await fs.send(SIZE, len(data))
+        view = memoryview(data)
         for off in range(0, len(data), CHUNK):
-            await fs.send(DATA, data[off:off + CHUNK])
+            await fs.send_data(view[off:off + CHUNK])
         self._count("gets")
         self._count("bytes_out", len(data))
 

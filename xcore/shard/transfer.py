@@ -123,6 +123,34 @@ def encode_frame(ftype: int, *fields: Any) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+def data_frame_head(n: int) -> bytes:
+    """The length prefix and msgpack header of the frame ``[DATA, <n bytes>]``,
+    byte for byte what :func:`encode_frame` makes: a chunk is sent as this
+    header followed by the chunk itself, never copied into a frame."""
+    if n < 1 << 8:
+        head = b"\xc4" + n.to_bytes(1, "big")
+    elif n < 1 << 16:
+        head = b"\xc5" + n.to_bytes(2, "big")
+    else:
+        head = b"\xc6" + n.to_bytes(4, "big")
+    head = bytes((0x92, DATA)) + head  # fixarray of 2, DATA as a positive fixint
+    return struct.pack(">I", len(head) + n) + head
+
+
+def _data_chunk(body: bytes) -> memoryview | None:
+    """The chunk of a DATA frame's body, without copying it, if the body is
+    exactly ``[DATA, bin]``; None for anything else (decoded the slow way)."""
+    if len(body) < 4 or body[0] != 0x92 or body[1] != DATA:
+        return None
+    width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(body[2])
+    if width is None:
+        return None
+    start = 3 + width
+    if len(body) < start or int.from_bytes(body[3:start], "big") != len(body) - start:
+        return None
+    return memoryview(body)[start:]
+
+
 def decode_frame(body: bytes) -> tuple[int, list[Any]]:
     doc = as_list(unpack_bounded(body, MAX_FRAME, 16), "frame", 8)
     expect(len(doc) >= 1, "frame: empty")
@@ -140,29 +168,51 @@ class FrameStream:
         self.bytes_in = 0
         self.bytes_out = 0
 
-    async def recv(self) -> tuple[int, list[Any]]:
+    async def _read_body(self) -> bytes:
+        head = await self.reader.readexactly(4)
+        (size,) = struct.unpack(">I", head)
+        if size > MAX_FRAME:
+            raise MessageTooLarge(f"frame of {size} bytes")
+        return await self.reader.readexactly(size)
+
+    async def _recv_body(self) -> bytes:
         try:
-            head = await asyncio.wait_for(self.reader.readexactly(4), self.timeout)
-            (size,) = struct.unpack(">I", head)
-            if size > MAX_FRAME:
-                raise MessageTooLarge(f"frame of {size} bytes")
-            body = await asyncio.wait_for(self.reader.readexactly(size), self.timeout)
+            body = await asyncio.wait_for(self._read_body(), self.timeout)
         except asyncio.TimeoutError as exc:
             raise Timeout("peer went silent") from exc
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise ConnectionClosed("connection closed") from exc
-        self.bytes_in += 4 + size
-        return decode_frame(body)
+        self.bytes_in += 4 + len(body)
+        return body
 
-    async def send(self, ftype: int, *fields: Any) -> None:
-        data = encode_frame(ftype, *fields)
-        self.bytes_out += len(data)
+    async def recv(self) -> tuple[int, list[Any]]:
+        return decode_frame(await self._recv_body())
+
+    async def recv_data(self) -> bytes | memoryview:
+        """The next frame, which must be a non-empty DATA frame: its chunk (a
+        view of the frame, not a copy). An ERR frame raises its error."""
+        body = await self._recv_body()
+        chunk: bytes | memoryview | None = _data_chunk(body)
+        if chunk is None:
+            ftype, fields = decode_frame(body)
+            fields = self._check(ftype, fields, (DATA,))
+            chunk = as_bytes(fields[0] if fields else None, "data", max_size=CHUNK)
+        if not chunk or len(chunk) > CHUNK:
+            raise RemoteProtocolError("DATA: expected 1 to CHUNK bytes")
+        return chunk
+
+    def _write(self, *parts: bytes | memoryview) -> None:
         if self.writer.is_closing():
             raise ConnectionClosed("connection closed")
         try:
-            self.writer.write(data)
+            for part in parts:
+                self.writer.write(part)
         except (RuntimeError, ConnectionError) as exc:  # uvloop raises RuntimeError on a closed transport
             raise ConnectionClosed("connection closed") from exc
+
+    async def _drain(self) -> None:
+        if not self.writer.transport.get_write_buffer_size():
+            return  # the kernel took it all: nothing to wait for
         try:
             await asyncio.wait_for(self.writer.drain(), self.timeout)  # back-pressure
         except asyncio.TimeoutError as exc:
@@ -170,8 +220,28 @@ class FrameStream:
         except ConnectionError as exc:
             raise ConnectionClosed("connection closed") from exc
 
+    async def send(self, ftype: int, *fields: Any) -> None:
+        data = encode_frame(ftype, *fields)
+        self.bytes_out += len(data)
+        self._write(data)
+        await self._drain()
+
+    async def send_data(self, chunk: bytes | memoryview) -> None:
+        """One DATA frame carrying ``chunk`` (at most :data:`CHUNK` bytes),
+        written as a header and the chunk itself (no copy)."""
+        if len(chunk) > CHUNK:
+            raise LocalProtocolError("DATA chunk larger than CHUNK")
+        head = data_frame_head(len(chunk))
+        self.bytes_out += len(head) + len(chunk)
+        self._write(head, chunk)
+        await self._drain()
+
     async def expect(self, *types: int) -> list[Any]:
         ftype, fields = await self.recv()
+        return self._check(ftype, fields, types)
+
+    @staticmethod
+    def _check(ftype: int, fields: list[Any], types: tuple[int, ...]) -> list[Any]:
         if ftype == ERR and ERR not in types:
             code = as_int(fields[0] if fields else 0, "error code", 0, 255)
             msg = as_str(fields[1] if len(fields) > 1 else "", "error message", 1000)
@@ -368,7 +438,7 @@ class HostConnection:
             if not (ready and ready[0] == 0):  # 0: the host has these bytes already
                 view = memoryview(data)
                 for off in range(0, len(data), CHUNK):
-                    await self.fs.send(DATA, bytes(view[off:off + CHUNK]))
+                    await self.fs.send_data(view[off:off + CHUNK])
             return _countersigned(await self.fs.expect(OK))
         return await self._guard(run())  # type: ignore[no-any-return]
 
@@ -387,9 +457,7 @@ class HostConnection:
             size = as_int(f[0] if f else -1, "share size", 0, max_size)
             buf = bytearray()
             while len(buf) < size:
-                d = await self.fs.expect(DATA)
-                chunk = as_bytes(d[0] if d else None, "data", max_size=CHUNK)
-                buf += chunk
+                buf += await self.fs.recv_data()
                 if len(buf) > size:
                     raise RemoteProtocolError("host sent more bytes than announced")
             return bytes(buf)
