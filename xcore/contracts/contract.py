@@ -133,7 +133,7 @@ class Contract:
         """SHA-256 of the signing bytes: names this exact contract."""
         return hashlib.sha256(self.signing_bytes()).digest()
 
-    def matches(self, data: bytes) -> bool:
+    def matches(self, data: bytes | bytearray) -> bool:
         """True iff ``data`` is the share this contract is about (hash, size and Merkle root).
 
         A host must check this before signing: a contract whose root does not

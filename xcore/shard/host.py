@@ -407,13 +407,7 @@ class HostService:
         if not await self._throttle(fs, peer, ip, size):
             return
         await fs.send(READY, 1)
-        buf = bytearray()
-        while len(buf) < size:
-            buf += await fs.recv_data()
-            if len(buf) > size:
-                raise RemoteProtocolError("more data than announced")
-        data = bytes(buf)
-        del buf
+        data = await fs.recv_exactly(size, "more data than announced")
         if grant is None and seg_info is not None:
             try:  # again: the sender may have stalled while its bytes came in
                 self._check_claim(claim, seg_info, peer)
@@ -571,7 +565,7 @@ class HostService:
         async with self._meta_lock:
             await run_blocking(fn, *args, threads=self.threads)
 
-    def _sign_contract(self, half: SignedContract | None, data: bytes | None,
+    def _sign_contract(self, half: SignedContract | None, data: bytes | bytearray | None,
                        matched: bool | None = None) -> SignedContract | None:
         """Countersign the owner's contract once the bytes are known to match it
         (``matched``: already checked against ``data``)."""

@@ -96,7 +96,7 @@ def share_name(share_hash: bytes | str) -> str:
 class ShareFile(Protocol):
     """A new file being written, as the store needs it."""
 
-    def write(self, data: bytes, /) -> int:
+    def write(self, data: bytes | memoryview, /) -> int:
         """Write all of ``data`` (or raise OSError)."""
 
     def sync(self) -> None:
@@ -122,7 +122,7 @@ class OsShareFile:
             raise ValueError("file is closed")
         return self._fd
 
-    def write(self, data: bytes, /) -> int:
+    def write(self, data: bytes | memoryview, /) -> int:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fileno(), view) :]
@@ -351,7 +351,8 @@ class ShareStore:
 
     # -- writing ----------------------------------------------------------
 
-    def put(self, share_hash: bytes | str, data: bytes | BinaryIO, size: int | None = None) -> bool:
+    def put(self, share_hash: bytes | str, data: bytes | bytearray | BinaryIO,
+            size: int | None = None) -> bool:
         """Store a share; True if it was written, False if it was already here.
 
         ``data`` is the share's bytes or a binary stream of exactly ``size``
@@ -412,7 +413,8 @@ class ShareStore:
             return DiskFull()
         return StorageIOError(f"{what}: {e}")
 
-    def _write(self, name: str, final: Path, data: bytes | BinaryIO, size: int) -> None:
+    def _write(self, name: str, final: Path, data: bytes | bytearray | BinaryIO,
+               size: int) -> None:
         directory = final.parent
         try:
             if not directory.is_dir():
@@ -570,12 +572,13 @@ class ShareStore:
             }
 
 
-def _chunks(data: bytes | BinaryIO, size: int) -> Iterator[bytes]:
-    """``data`` in CHUNK pieces; a stream is read for at most ``size`` bytes."""
+def _chunks(data: bytes | bytearray | BinaryIO, size: int) -> Iterator[bytes | memoryview]:
+    """``data`` in CHUNK pieces (views of a buffer, not copies); a stream is
+    read for at most ``size`` bytes."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         view = memoryview(data)
         for i in range(0, len(view), CHUNK):
-            yield bytes(view[i : i + CHUNK])
+            yield view[i : i + CHUNK]
         return
     left = size
     while left > 0:

@@ -201,6 +201,21 @@ class FrameStream:
             raise RemoteProtocolError("DATA: expected 1 to CHUNK bytes")
         return chunk
 
+    async def recv_exactly(self, size: int, too_much: str) -> bytearray:
+        """``size`` bytes of DATA frames, copied once each into a buffer of
+        that size (:class:`RemoteProtocolError` ``too_much`` if a frame
+        overshoots)."""
+        buf = bytearray(size)
+        got = 0
+        while got < size:
+            chunk = await self.recv_data()
+            end = got + len(chunk)
+            if end > size:
+                raise RemoteProtocolError(too_much)
+            buf[got:end] = chunk
+            got = end
+        return buf
+
     def _write(self, *parts: bytes | memoryview) -> None:
         if self.writer.is_closing():
             raise ConnectionClosed("connection closed")
@@ -455,12 +470,7 @@ class HostConnection:
             await self.fs.send(GET, share_hash)
             f = await self.fs.expect(SIZE)
             size = as_int(f[0] if f else -1, "share size", 0, max_size)
-            buf = bytearray()
-            while len(buf) < size:
-                buf += await self.fs.recv_data()
-                if len(buf) > size:
-                    raise RemoteProtocolError("host sent more bytes than announced")
-            return bytes(buf)
+            return bytes(await self.fs.recv_exactly(size, "host sent more bytes than announced"))
         try:
             return await self._guard(run())  # type: ignore[no-any-return]
         except (ShareNotFound, HostRefused):
