@@ -352,3 +352,26 @@ def test_property_tampered_record_bytes_are_rejected(data: st.DataObject) -> Non
     from xcore.dht.records import decode_and_validate
     with pytest.raises(RecordRejected):
         decode_and_validate(bytes(blob), NOW)
+
+
+def test_a_loc_records_contract_is_verified_once_and_failures_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes meet the same loc record at every republication and every audit
+    round: the two signature checks run once per distinct record bytes; a bad
+    one is refused every time, never remembered as good."""
+    sc = signed(make_contract(b"verified once"))
+    rec = loc_record(HOST, sc.contract.share_hash, ADDR, NOW, sc)
+    calls: list[int] = []
+    real = SignedContract.verify
+    monkeypatch.setattr(SignedContract, "verify", lambda self: (calls.append(1), real(self))[1])
+    assert loc_contract(rec) == sc == loc_contract(rec)
+    assert len(calls) == 1
+    # the same contract bytes under another signer or key are checked afresh
+    with pytest.raises(RecordRejected, match="another host"):
+        loc_contract(Record.create(OWNER, "loc", rec.key, rec.value, 1, NOW + 60))
+    forged = dataclasses.replace(sc, contract=dataclasses.replace(sc.contract, price=1))
+    bad = _raw_record(HOST, forged.encode(), key=loc_key(forged.contract.share_hash))
+    for _ in range(2):
+        with pytest.raises(RecordRejected):
+            loc_contract(bad)
+    assert len(calls) == 4

@@ -113,3 +113,45 @@ def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "its term ended" in out["gone"] and "xcore renew" in out["gone"]
     assert out["repairs"] == 0
     assert out["finally"] == 0 and out["segments"] == 0
+
+
+def test_a_file_of_many_segments_is_renewed_a_few_segments_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renewing a big file one segment after another took a DHT round trip
+    per share per segment in turn: segments now go RENEW_SEGMENTS_IN_FLIGHT
+    at a time, and every share of every segment is still renewed."""
+    monkeypatch.setattr(files, "segment_size", lambda red: 32 * 1024 * red.k)
+    cfg = ProtocolConfig.from_dict({
+        "sim": {"nodes": 8, "duration_days": 1.0},
+        "data": {"files": 1, "file_size_mib": 0.25, "redundancy": "2/4"},
+        "repair": {"interval_minutes": 60, "grace_minutes": 60},
+        "audit": {"interval_minutes": 6 * 60},
+    })
+    busy = {"now": 0, "max": 0}
+    real = files.Client._renew_segment
+
+    async def counted(self: Any, *args: Any) -> None:
+        busy["now"] += 1
+        busy["max"] = max(busy["max"], busy["now"])
+        try:
+            await real(self, *args)
+        finally:
+            busy["now"] -= 1
+    monkeypatch.setattr(files.Client, "_renew_segment", counted)
+
+    async def main(sim: ProtocolSim) -> dict[str, Any]:
+        await sim.setup()
+        svc, owner = await sim._client("owner")
+        put = await put_random(sim, owner, "big", 7, size=6 * 64 * 1024)  # 6 segments
+        renewed = await owner.renew()
+        owner.close()
+        await svc.stop()
+        return {"segments": len(put.manifest.segments), "renewed": renewed,
+                "ends": {h: _contract_ends(sim, h) for h in put.shares}}
+
+    _, out = run_sim(cfg, 32, main)
+    r = out["renewed"]
+    assert out["segments"] == 6
+    assert (r["renewed"], r["contracts"], r["not_held"], r["failed"]) == (6 * 4 + 5, 6 * 4 + 5, 0, 0)
+    assert all(max(ends) == r["until"] for ends in out["ends"].values())
+    assert 1 < busy["max"] <= files.RENEW_SEGMENTS_IN_FLIGHT

@@ -65,6 +65,7 @@ INDEX_TTL = 30 * 24 * 3600
 UNDO_TIMEOUT = 30.0  # seconds a failed put spends deleting what it placed
 BLOB_COPIES = 5  # n - k + 1 at the default 4/8: metadata survives what data survives
 MAX_BLOB = 2 * 1024 * 1024
+RENEW_SEGMENTS_IN_FLIGHT = 4  # segments of one file renewed at once (each: n lookups, n RENEWs)
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -697,10 +698,18 @@ class Client:
             blob = await self._manifest_blob(entry)
             man = open_manifest(blob, self.keys, entry.file_id)
             red = Redundancy(man.k, man.n)
-            for seg in man.segments:
-                await self._renew_segment([(s.hash, s.size, s.merkle_root, [(s.host_id, s.host_addr)])
-                                           for s in seg.shares], red, seg.length, until, hosts,
-                                          tally)
+            lanes = asyncio.Semaphore(RENEW_SEGMENTS_IN_FLIGHT)
+
+            async def segment(seg: Any) -> None:
+                async with lanes:
+                    await self._renew_segment(
+                        [(s.hash, s.size, s.merkle_root, [(s.host_id, s.host_addr)])
+                         for s in seg.shares], red, seg.length, until, hosts, tally)
+            failures = [r for r in await asyncio.gather(
+                *(segment(seg) for seg in man.segments), return_exceptions=True)
+                if isinstance(r, BaseException)]
+            if failures:
+                raise failures[0]
             # the manifest: a mirrored segment of as many copies as put made
             copies = min(manifest_copies(red), len(hosts))
             root = await run_blocking(share_merkle_root, blob, threads=self.threads)

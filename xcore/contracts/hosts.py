@@ -36,6 +36,7 @@ the host for a share it was told to drop.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -170,16 +171,30 @@ def loc_contract(rec: Record) -> SignedContract | None:
         raise RecordRejected("not a loc record")
     try:
         blob = _loc_doc(rec).get("c")
-        if blob is None:
-            return None
+    except RemoteProtocolError as exc:
+        raise RecordRejected(f"bad loc record: {exc}") from exc
+    if blob is None:
+        return None
+    if not isinstance(blob, bytes):
+        raise RecordRejected("bad contract in loc record: expected bytes")
+    return _checked_contract(rec.key, rec.signer_pubkey, blob)
+
+
+@functools.lru_cache(maxsize=16384)
+def _checked_contract(key: bytes, signer_pubkey: bytes, blob: bytes) -> SignedContract:
+    """The checks of :func:`loc_contract`, remembered for the same bytes: a
+    node sees one contract again and again (each republication of its loc
+    record, and every audit round that lists what it holds), and checking
+    it is two Ed25519 verifications. Failures are not remembered."""
+    try:
         sc = SignedContract.decode(as_bytes(blob, "contract", max_size=MAX_CONTRACT_BYTES))
         sc.verify()
     except RemoteProtocolError as exc:
         raise RecordRejected(f"bad contract in loc record: {exc}") from exc
     c = sc.contract
-    if rec.key != loc_key(c.share_hash):
+    if key != loc_key(c.share_hash):
         raise RecordRejected("loc record: the contract is for another share")
-    if rec.signer_pubkey != c.host_pubkey:
+    if signer_pubkey != c.host_pubkey:
         raise RecordRejected("loc record: the contract is another host's")
     return sc
 
