@@ -39,7 +39,7 @@ from xcore.contracts.audit import (
     make_attest_record, parse_attest_record,
 )
 from xcore.contracts.contract import SignedContract
-from xcore.contracts.hosts import HostInfo, loc_contract, loc_key, read_hosts
+from xcore.contracts.hosts import HostInfo, loc_contract, loc_contracts, loc_key, read_hosts
 from xcore.contracts.reputation import Reputation
 from xcore.errors import (
     ContractEnded, LookupFailed, RecordRejected, RemoteProtocolError, XcoreError,
@@ -230,14 +230,7 @@ class Auditor:
         hit = self._contracts.get(share_hash)
         if hit is not None and now - hit[0] < CONTRACT_CACHE_SECONDS:
             return hit[1]
-        parsed = []
-        for r in await self._dht_get(loc_key(share_hash)):
-            try:
-                sc = loc_contract(r)
-            except RecordRejected:
-                continue
-            if sc is not None:
-                parsed.append(sc)
+        parsed = loc_contracts(await self._dht_get(loc_key(share_hash)))
         if len(self._contracts) >= CONTRACT_CACHE_ENTRIES:
             cutoff = now - CONTRACT_CACHE_SECONDS
             self._contracts = {k: v for k, v in self._contracts.items() if v[0] >= cutoff}

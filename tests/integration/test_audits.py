@@ -58,7 +58,7 @@ from xcore.contracts.audit import (
     make_attest_record, parse_attest_record, verify_answer, verify_attestation,
 )
 from xcore.contracts.contract import Contract, SignedContract
-from xcore.contracts.hosts import loc_contract, loc_key
+from xcore.contracts.hosts import loc_contracts, loc_key
 from xcore.contracts.reputation import BAD_THRESHOLD
 from xcore.control import call
 from xcore.crypto.identity import Identity
@@ -336,15 +336,7 @@ async def read_and_check(svc: Any, host_ids: list[bytes]) -> dict[bytes, list[Ch
     contracts: dict[bytes, list[SignedContract]] = {}
     for share, recs in zip(shares, await asyncio.gather(
             *(dht_records(svc, loc_key(h), limit) for h in shares))):
-        got = []
-        for r in recs:
-            try:
-                sc = loc_contract(r)
-            except RecordRejected:
-                continue
-            if sc is not None:
-                got.append(sc)
-        contracts[share] = got
+        contracts[share] = loc_contracts(recs)
     out: dict[bytes, list[Checked]] = {}
     for att in atts:
         sc = next((c for c in contracts[att.share_hash] if c.contract.host_id == att.host_id), None)

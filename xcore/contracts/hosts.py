@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from xcore.bootstrap import parse_address
 from xcore.codec import as_bytes, as_int, as_str, expect, pack, unpack_bounded
@@ -178,6 +178,20 @@ def loc_contract(rec: Record) -> SignedContract | None:
     if not isinstance(blob, bytes):
         raise RecordRejected("bad contract in loc record: expected bytes")
     return _checked_contract(rec.key, rec.signer_pubkey, blob)
+
+
+def loc_contracts(records: Iterable[Record]) -> list[SignedContract]:
+    """The valid contracts among ``records`` (the records of a ``loc_key``
+    lookup); records without one, or with a bad one, are skipped."""
+    out = []
+    for rec in records:
+        try:
+            sc = loc_contract(rec)
+        except RecordRejected:
+            continue
+        if sc is not None:
+            out.append(sc)
+    return out
 
 
 @functools.lru_cache(maxsize=16384)
