@@ -21,7 +21,7 @@ from xcore.contracts.contract import (
 )
 from xcore.codec import pack
 from xcore.contracts.hosts import loc_address, loc_contract, loc_key, loc_record
-from xcore.crypto.identity import Identity, node_id_of
+from xcore.crypto.identity import Identity, node_id_of, verify
 from xcore.crypto.merkle import MerkleTree, merkle_root, iter_blocks
 from xcore.dht.records import Record, RecordStore, validate
 from xcore.errors import (
@@ -354,24 +354,34 @@ def test_property_tampered_record_bytes_are_rejected(data: st.DataObject) -> Non
         decode_and_validate(bytes(blob), NOW)
 
 
-def test_a_loc_records_contract_is_verified_once_and_failures_every_time(
+def test_signatures_are_verified_once_and_failures_every_time(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nodes meet the same loc record at every republication and every audit
-    round: the two signature checks run once per distinct record bytes; a bad
-    one is refused every time, never remembered as good."""
+    """Nodes meet the same loc record from every node a lookup asks, at every
+    republication and every audit round: each distinct signature is checked
+    once (xcore.crypto.identity.verify); a bad one is refused every time,
+    never remembered as good."""
+    import nacl.signing
     sc = signed(make_contract(b"verified once"))
     rec = loc_record(HOST, sc.contract.share_hash, ADDR, NOW, sc)
     calls: list[int] = []
-    real = SignedContract.verify
-    monkeypatch.setattr(SignedContract, "verify", lambda self: (calls.append(1), real(self))[1])
+    real = nacl.signing.VerifyKey.verify
+    monkeypatch.setattr(nacl.signing.VerifyKey, "verify",
+                        lambda self, *a: (calls.append(1), real(self, *a))[1])
+    validate(rec, NOW)
+    first = len(calls)
+    assert first == 3  # the record's signature, the owner's and the host's
     assert loc_contract(rec) == sc == loc_contract(rec)
-    assert len(calls) == 1
-    # the same contract bytes under another signer or key are checked afresh
-    with pytest.raises(RecordRejected, match="another host"):
-        loc_contract(Record.create(OWNER, "loc", rec.key, rec.value, 1, NOW + 60))
+    validate(rec, NOW)
+    assert len(calls) == first
     forged = dataclasses.replace(sc, contract=dataclasses.replace(sc.contract, price=1))
     bad = _raw_record(HOST, forged.encode(), key=loc_key(forged.contract.share_hash))
     for _ in range(2):
         with pytest.raises(RecordRejected):
             loc_contract(bad)
-    assert len(calls) == 4
+    assert len(calls) == first + 2
+    # the same bytes under another key are checked afresh, and fail
+    with pytest.raises(BadSignature):
+        verify(OTHER.pubkey, b"message", HOST.sign(b"message"))
+    with pytest.raises(BadSignature):
+        verify(OTHER.pubkey, b"message", HOST.sign(b"message"))
+    assert len(calls) == first + 4

@@ -36,7 +36,6 @@ the host for a share it was told to drop.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -194,12 +193,10 @@ def loc_contracts(records: Iterable[Record]) -> list[SignedContract]:
     return out
 
 
-@functools.lru_cache(maxsize=16384)
 def _checked_contract(key: bytes, signer_pubkey: bytes, blob: bytes) -> SignedContract:
-    """The checks of :func:`loc_contract`, remembered for the same bytes: a
-    node sees one contract again and again (each republication of its loc
-    record, and every audit round that lists what it holds), and checking
-    it is two Ed25519 verifications. Failures are not remembered."""
+    """The checks of :func:`loc_contract`. A node meets one contract again
+    and again (each republication of its loc record, every audit round);
+    :func:`xcore.crypto.identity.verify` remembers its two signature checks."""
     try:
         sc = SignedContract.decode(as_bytes(blob, "contract", max_size=MAX_CONTRACT_BYTES))
         sc.verify()

@@ -84,9 +84,20 @@ def check_pubkey(pubkey: bytes, difficulty: int) -> bytes:
 
 
 def verify(pubkey: bytes, message: bytes, signature: bytes) -> None:
-    """Check an Ed25519 signature; raise :class:`BadSignature` if it fails."""
+    """Check an Ed25519 signature; raise :class:`BadSignature` if it fails.
+
+    Signatures that verified are remembered (the last 4,096 distinct
+    (key, message, signature) triples, compared byte for byte): a node meets
+    the same signed record from every node a lookup asks and again at every
+    republication, and a verification costs about 65 us. Failures are not
+    remembered."""
     if len(signature) != SIG_BYTES or len(pubkey) != PUBKEY_BYTES:
         raise BadSignature("malformed signature or key")
+    _verify_once(bytes(pubkey), bytes(message), bytes(signature))
+
+
+@functools.lru_cache(maxsize=4096)
+def _verify_once(pubkey: bytes, message: bytes, signature: bytes) -> None:
     try:
         nacl.signing.VerifyKey(pubkey).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,
