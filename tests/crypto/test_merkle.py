@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from xcore.crypto.merkle import (
     BLOCK_SIZE,
     MerkleTree,
+    buffer_root,
     block_count,
     iter_blocks,
     leaf_hash,
@@ -90,6 +91,12 @@ def test_from_stream_matches_blocks(data: bytes, block_size: int) -> None:
     assert tree.root == merkle_root(blocks)
     assert tree.leaf_count == block_count(len(data), block_size)
     assert MerkleTree.from_stream(TrickleReader(data), block_size).root == tree.root  # type: ignore[arg-type]
+    # the in-memory path (put and the host's contract check) agrees
+    assert buffer_root(data, block_size) == tree.root
+    assert buffer_root(bytearray(data), block_size) == tree.root
+    mem = MerkleTree.from_buffer(memoryview(data), block_size)
+    assert mem.root == tree.root and mem.leaf_count == tree.leaf_count
+    assert all(mem.proof(i) == tree.proof(i) for i in range(tree.leaf_count))
 
 
 def test_tree_holds_hashes_not_blocks() -> None:
