@@ -69,6 +69,27 @@ RENEW_SEGMENTS_IN_FLIGHT = 4  # segments of one file renewed at once (each: n lo
 Progress = Callable[[dict[str, Any]], None]
 
 
+RTT_BAND = 0.02  # seconds: hosts this close in round-trip time count as equally near
+UNKNOWN_RTT = 0.2
+
+
+def fetch_order(candidates: list[tuple[ShareRef, bytes, str]], k: int,
+                failures: Callable[[bytes], int], rtt: Callable[[bytes], float | None]
+                ) -> list[tuple[ShareRef, bytes, str]]:
+    """The order to try (share, host, address) candidates in: hosts that failed
+    this client less often first, then nearer ones (by RTT bands of
+    :data:`RTT_BAND`); among equally near hosts, primary shares (index < k)
+    first, because k primaries rebuild a segment by concatenation while any
+    other share costs a zfec decode (0.5 of the client's 3.4 CPU s per
+    256 MiB get at 4/8 when the nearest hosts held secondaries)."""
+    def key(q: tuple[ShareRef, bytes, str]) -> tuple[int, int, bool, float]:
+        ref, host_id, _ = q
+        r = rtt(host_id)
+        r = UNKNOWN_RTT if r is None else r
+        return (failures(host_id), int(r / RTT_BAND), ref.index >= k, r)
+    return sorted(candidates, key=key)
+
+
 class NotEnoughHosts(CapacityExceeded):
     """Not enough hosts with free space are known to place every share."""
 
@@ -529,8 +550,8 @@ class Client:
 
     async def fetch_segment(self, seg: SegmentRef, red: Redundancy) -> bytes:
         from xcore.bootstrap import parse_address
-        queue: list[tuple[ShareRef, bytes, str]] = [(s, s.host_id, s.host_addr) for s in seg.shares]
-        queue.sort(key=lambda q: (self.stats.failures.get(q[1], 0), self.rtt(q[1]) or 0.2))
+        queue = fetch_order([(s, s.host_id, s.host_addr) for s in seg.shares], red.k,
+                            lambda h: self.stats.failures.get(h, 0), self.rtt)
         good: dict[int, bytes] = {}
         tried: set[tuple[int, bytes]] = set()
         asked_loc: set[int] = set()
