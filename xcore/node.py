@@ -367,8 +367,17 @@ class NodeService:
             return
         if contract is None:
             contract = self._published_contract(share_hash)
-        rec = loc_record(self.identity, share_hash, self.tcp_address, self.clock(), contract)
+        rec = loc_record(self.identity, share_hash, self.tcp_address, self._loc_now(share_hash),
+                         contract)
         self.driver.call(lambda t: self.dht.publish(rec, t))
+
+    def _loc_now(self, share_hash: bytes) -> float:
+        """The time to stamp a new loc record with: now, but later than the
+        one it replaces (its seq is in milliseconds; an equal seq with other
+        content would be refused as a conflict)."""
+        prev = self.dht.published.get(("loc", loc_key(share_hash)))
+        now = self.clock()
+        return now if prev is None or int(now * 1000) > prev.seq else (prev.seq + 1) / 1000
 
     def _published_contract(self, share_hash: bytes) -> SignedContract | None:
         rec = self.dht.published.get(("loc", loc_key(share_hash)))
@@ -399,9 +408,10 @@ class NodeService:
             if ended is not None:
                 self._share_stored(share_hash, ended)
             return
+        when = self._loc_now(share_hash)
         self.dht.unpublish("loc", loc_key(share_hash))
         if ended is not None and self.driver is not None:
-            tomb = loc_record(self.identity, share_hash, None, self.clock(), ended)
+            tomb = loc_record(self.identity, share_hash, None, when, ended)
             self.driver.call(lambda t: self.dht.put(tomb, t))
 
     # -- state ----------------------------------------------------------------
