@@ -27,6 +27,16 @@ from xcore.errors import NotFound
 HOUR = 3600.0
 
 
+def config() -> ProtocolConfig:
+    """8 nodes at 2/4, hourly repair checks with an hour's grace, audits every 6 h."""
+    return ProtocolConfig.from_dict({
+        "sim": {"nodes": 8, "duration_days": 1.0},
+        "data": {"files": 1, "file_size_mib": 0.25, "redundancy": "2/4"},
+        "repair": {"interval_minutes": 60, "grace_minutes": 60},
+        "audit": {"interval_minutes": 6 * 60},
+    })
+
+
 def _holding(sim: ProtocolSim, share_hash: bytes) -> int:
     return sum(1 for h in sim.hosts if h.up and h.svc is not None and h.svc.host is not None
                and h.svc.host.store.has(share_hash))
@@ -45,12 +55,6 @@ def _contract_ends(sim: ProtocolSim, share_hash: bytes) -> set[int]:
 
 def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(files, "GRANT_TERM", int(3 * HOUR))
-    cfg = ProtocolConfig.from_dict({
-        "sim": {"nodes": 8, "duration_days": 1.0},
-        "data": {"files": 1, "file_size_mib": 0.25, "redundancy": "2/4"},
-        "repair": {"interval_minutes": 60, "grace_minutes": 60},
-        "audit": {"interval_minutes": 6 * 60},
-    })
 
     async def main(sim: ProtocolSim) -> dict[str, Any]:
         await sim.setup()
@@ -95,7 +99,7 @@ def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
             "start": sim.start,
         }
 
-    _, out = run_sim(cfg, 31, main)
+    _, out = run_sim(config(), 31, main)
     assert out["held"] >= 2 * (4 + 5) + 5 and out["still"] == out["held"]
     r = out["renewed"]
     # 4 data shares and 5 manifest copies renewed where they are, with contracts
@@ -121,12 +125,6 @@ def test_a_file_of_many_segments_is_renewed_a_few_segments_at_a_time(
     per share per segment in turn: segments now go RENEW_SEGMENTS_IN_FLIGHT
     at a time, and every share of every segment is still renewed."""
     monkeypatch.setattr(files, "segment_size", lambda red: 32 * 1024 * red.k)
-    cfg = ProtocolConfig.from_dict({
-        "sim": {"nodes": 8, "duration_days": 1.0},
-        "data": {"files": 1, "file_size_mib": 0.25, "redundancy": "2/4"},
-        "repair": {"interval_minutes": 60, "grace_minutes": 60},
-        "audit": {"interval_minutes": 6 * 60},
-    })
     busy = {"now": 0, "max": 0}
     real = files.Client._renew_segment
 
@@ -149,7 +147,7 @@ def test_a_file_of_many_segments_is_renewed_a_few_segments_at_a_time(
         return {"segments": len(put.manifest.segments), "renewed": renewed,
                 "ends": {h: _contract_ends(sim, h) for h in put.shares}}
 
-    _, out = run_sim(cfg, 32, main)
+    _, out = run_sim(config(), 32, main)
     r = out["renewed"]
     assert out["segments"] == 6
     assert (r["renewed"], r["contracts"], r["not_held"], r["failed"]) == (6 * 4 + 5, 6 * 4 + 5, 0, 0)

@@ -66,7 +66,7 @@ def _check_loc_value(rec: Record) -> None:
             _decode_addr(doc["addr"])
     except RemoteProtocolError as exc:
         raise RecordRejected(f"bad loc record: {exc}") from exc
-    sc = loc_contract(rec)
+    sc = _doc_contract(rec, doc)
     if "addr" not in doc and (sc is None or not sc.delete_sig):
         raise RecordRejected("bad loc record: no address and no ended contract")
 
@@ -169,14 +169,10 @@ def loc_contract(rec: Record) -> SignedContract | None:
     if rec.kind != "loc":
         raise RecordRejected("not a loc record")
     try:
-        blob = _loc_doc(rec).get("c")
+        doc = _loc_doc(rec)
     except RemoteProtocolError as exc:
         raise RecordRejected(f"bad loc record: {exc}") from exc
-    if blob is None:
-        return None
-    if not isinstance(blob, bytes):
-        raise RecordRejected("bad contract in loc record: expected bytes")
-    return _checked_contract(rec.key, rec.signer_pubkey, blob)
+    return _doc_contract(rec, doc)
 
 
 def loc_contracts(records: Iterable[Record]) -> list[SignedContract]:
@@ -193,19 +189,22 @@ def loc_contracts(records: Iterable[Record]) -> list[SignedContract]:
     return out
 
 
-def _checked_contract(key: bytes, signer_pubkey: bytes, blob: bytes) -> SignedContract:
-    """The checks of :func:`loc_contract`. A node meets one contract again
-    and again (each republication of its loc record, every audit round);
-    :func:`xcore.crypto.identity.verify` remembers its two signature checks."""
+def _doc_contract(rec: Record, doc: dict[str, Any]) -> SignedContract | None:
+    """The checks of :func:`loc_contract` on the record's decoded value. A
+    node meets one contract again and again (each republication of its loc
+    record, every audit round); :func:`xcore.crypto.identity.verify`
+    remembers its two signature checks."""
+    if doc.get("c") is None:
+        return None
     try:
-        sc = SignedContract.decode(as_bytes(blob, "contract", max_size=MAX_CONTRACT_BYTES))
+        sc = SignedContract.decode(as_bytes(doc["c"], "contract", max_size=MAX_CONTRACT_BYTES))
         sc.verify()
     except RemoteProtocolError as exc:
         raise RecordRejected(f"bad contract in loc record: {exc}") from exc
     c = sc.contract
-    if key != loc_key(c.share_hash):
+    if rec.key != loc_key(c.share_hash):
         raise RecordRejected("loc record: the contract is for another share")
-    if signer_pubkey != c.host_pubkey:
+    if rec.signer_pubkey != c.host_pubkey:
         raise RecordRejected("loc record: the contract is another host's")
     return sc
 

@@ -365,7 +365,7 @@ class DHTNode:
                     return
             self._seen[key] = now
             self._handle_request(msg, contact, addr, now)
-            if msg.flags & FLAG_CLIENT:
+            if msg.from_client:
                 self._count("client_requests")  # answered, never routed through
             elif msg.auth_kind == AUTH_MAC or sender_id in self.routing:
                 self._saw_alive(contact, now)
@@ -383,7 +383,7 @@ class DHTNode:
             held = self.routing.get(sender_id)
             if held is not None:
                 held.rtt = now - pending.sent_at
-            if not msg.flags & FLAG_CLIENT:
+            if not msg.from_client:
                 self._saw_alive(contact, now)
             pending.on_reply(msg, contact, now)
 

@@ -137,12 +137,15 @@ def data_frame_head(n: int) -> bytes:
     return struct.pack(">I", len(head) + n) + head
 
 
+_BIN_LENGTH_BYTES = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # msgpack bin 8 / 16 / 32
+
+
 def _data_chunk(body: bytes) -> memoryview | None:
     """The chunk of a DATA frame's body, without copying it, if the body is
     exactly ``[DATA, bin]``; None for anything else (decoded the slow way)."""
     if len(body) < 4 or body[0] != 0x92 or body[1] != DATA:
         return None
-    width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(body[2])
+    width = _BIN_LENGTH_BYTES.get(body[2])
     if width is None:
         return None
     start = 3 + width
