@@ -6,7 +6,7 @@ What it does, for each ``(nodes, k/n)`` configuration:
    :func:`xcore.devnet.up` (``difficulty`` 4, 4 GiB offered each, ports chosen
    by the kernel); the node processes are spawned through this module so that
    they are tracked (and stopped on failure) and, with ``profile_dir``, run
-   under ``python -m cProfile -o DIR/<node>.prof``;
+   under ``bench/peers/cpuprof.py DIR/<node>.prof`` (cProfile in CPU time, every thread);
    With ``loops_off`` the repair and audit loops run every 24 h instead of the
    devnet's 60 s and 300 s: the data path alone, without the background
    checks that new uploads set off;
@@ -46,6 +46,7 @@ from bench.peers.procs import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = 24 * 3600.0  # repair and audit intervals with the background loops "off"
+CPUPROF = Path(__file__).resolve().with_name("cpuprof.py")  # CPU time, every thread
 CLIENT_ENV = {"XCORE_PASSPHRASE": "bench", "XCORE_ARGON2": "fast", "XCORE_DIFFICULTY": "4"}
 
 
@@ -75,7 +76,7 @@ class XcoreNet:
     def _node_cmd(self, data_dir: Path) -> list[str]:
         cmd = [sys.executable]
         if self.profile_dir is not None:
-            cmd += ["-m", "cProfile", "-o", str(self.profile_dir / f"node-{data_dir.name}.prof")]
+            cmd += [str(CPUPROF), str(self.profile_dir / f"node-{data_dir.name}.prof")]
         return cmd + ["-m", "xcore", "node", "start", "--data", str(data_dir)]
 
     def up(self, timeout: float = 240.0) -> None:
@@ -105,7 +106,7 @@ class XcoreNet:
     def _xcore(self, *args: str, profile: Path | None = None) -> list[str]:
         cmd = [sys.executable]
         if profile is not None:
-            cmd += ["-m", "cProfile", "-o", str(profile)]
+            cmd += [str(CPUPROF), str(profile)]
         return cmd + ["-m", "xcore", *args]
 
     def put(self, path: Path, redundancy: str, timeout: float,

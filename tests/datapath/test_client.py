@@ -375,10 +375,12 @@ def test_get_survives_losing_the_hosts_of_its_manifest(make_cluster: Any, files:
 
 
 def _live_uploads() -> int:
-    """Segment uploads of a put that are still running and nobody asked to stop."""
+    """Segment uploads of a put, and publications of their segment records,
+    still running and nobody asked to stop."""
     return len([t for t in asyncio.all_tasks()
                 if not t.done() and t.cancelling() == 0
-                and getattr(t.get_coro(), "__qualname__", "").endswith(".upload_segment")])
+                and getattr(t.get_coro(), "__qualname__", "").endswith(
+                    (".upload_segment", "._publish_quietly"))])
 
 
 @pytest.fixture(scope="module")
@@ -440,6 +442,34 @@ def test_failed_put_leaves_no_orphan_shares(full_cluster: Any) -> None:
     _cluster, client, info = full_cluster
     assert info["after"] == info["before"]
     assert client.undone_shares > 0
+
+
+def test_a_failed_put_publishes_no_segment_record(full_cluster: Any) -> None:
+    """A segment's seg record (its repair authorisation) is published while
+    its shares are placed; when the put fails, a publication still under way
+    is stopped with it, not left to land after the shares were undone."""
+    cluster, client, info = full_cluster
+    published: list[Any] = []
+    real = client.dht_publish
+
+    async def slow_publish(rec: Any) -> int:  # a DHT slower than the placements
+        await asyncio.sleep(1.0)
+        published.append(rec)
+        return await real(rec)
+
+    async def failing_put() -> int:
+        client.dht_publish = slow_publish
+        try:
+            await client.put(info["small"].with_name("big"), R48)
+        except (NotEnoughHosts, CapacityExceeded):
+            return _live_uploads()
+        finally:
+            del client.dht_publish
+        raise AssertionError("a 20 MiB put at 4/8 fitted in 24 MiB")
+
+    assert cluster.run(failing_put()) == 0
+    cluster.run(asyncio.sleep(1.5))
+    assert published == []
 
 
 # -- a node stopping ------------------------------------------------------------------------

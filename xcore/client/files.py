@@ -473,8 +473,15 @@ class Client:
                                                 last=first_error, root=root, tried=tried)
                     refs[i] = ShareRef(i, h, len(data), root, host.node_id,
                                        f"{host.addr[0]}:{host.addr[1]}")
-                await asyncio.gather(*(one(i, s, chosen[i] if i < len(chosen) else None)
-                                       for i, s in enumerate(shares)))
+                try:
+                    await asyncio.gather(*(one(i, s, chosen[i] if i < len(chosen) else None)
+                                           for i, s in enumerate(shares)))
+                except BaseException:
+                    # a segment that could not be placed is not authorised for
+                    # repair: its record is not published (its shares are undone)
+                    publish.cancel()
+                    await asyncio.gather(publish, return_exceptions=True)
+                    raise
                 await publish
                 segments[index] = SegmentRef(index, len(ciphertext),
                                              tuple(r for r in refs if r is not None))
