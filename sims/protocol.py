@@ -120,6 +120,30 @@ class _Host:
     up: bool = False
     gone: bool = False  # departed for good
     fault: str = ""
+    past: dict[str, int] = field(default_factory=dict)  # counters of earlier processes
+
+
+# The node counters the metrics add up, and the part of a node keeping each.
+# A node restarted by churn is a new process whose counters start at zero;
+# the host keeps its earlier processes' totals (``_Host.past``), so the
+# metrics stay cumulative.
+CARRIED = (("repairer", "repairs"), ("repairer", "repair_bytes"),
+           ("auditor", "audits_passed"), ("auditor", "audits_failed"), ("dht", "lookups"))
+
+
+def node_counts(svc: NodeService | None) -> dict[str, int]:
+    out = dict.fromkeys((name for _, name in CARRIED), 0)
+    for part, name in CARRIED:
+        obj = getattr(svc, part, None)
+        if obj is not None:
+            out[name] = int(obj.counters.get(name, 0))
+    return out
+
+
+def host_counts(h: _Host) -> dict[str, int]:
+    """``h``'s counters over all its processes so far (a down host's last one included)."""
+    now = node_counts(h.svc)
+    return {name: now[name] + h.past.get(name, 0) for name in now}
 
 
 class ProtocolSim:
@@ -152,6 +176,9 @@ class ProtocolSim:
                        save_interval=6 * HOUR)
 
     async def _start(self, h: _Host, salt: int) -> None:
+        if h.svc is not None:  # a restart: keep what the last process counted
+            h.past = host_counts(h)
+            h.svc = None
         self.net.revive_host(h.ip)
         svc = NodeService(h.data, env=self._env(h.ip, salt))
         await svc.start()
@@ -326,19 +353,15 @@ class ProtocolSim:
 
     def sample_row(self) -> dict[str, Any]:
         up = [h for h in self.hosts if h.up and h.svc is not None]
-        repair_bytes = sum(h.svc.repairer.counters.get("repair_bytes", 0)
-                           for h in self.hosts if h.svc and h.svc.repairer)
-        repairs = sum(h.svc.repairer.counters.get("repairs", 0)
-                      for h in self.hosts if h.svc and h.svc.repairer)
-        passed = sum(h.svc.auditor.counters.get("audits_passed", 0)
-                     for h in self.hosts if h.svc and h.svc.auditor)
-        failed = sum(h.svc.auditor.counters.get("audits_failed", 0)
-                     for h in self.hosts if h.svc and h.svc.auditor)
+        total = dict.fromkeys((name for _, name in CARRIED), 0)
+        for h in self.hosts:
+            for name, n in host_counts(h).items():
+                total[name] += n
         hops = sorted(x for h in up for x in h.svc.dht.lookup_hops)  # type: ignore[union-attr]
         row = {"t_hours": round((self.loop.time() - self.start) / HOUR, 4),
-               "hosts_up": len(up), **self.ground_truth(), "repairs": repairs,
-               "repair_bytes": repair_bytes, "audits_passed": passed, "audits_failed": failed,
-               "lookups": len(hops),
+               "hosts_up": len(up), **self.ground_truth(), "repairs": total["repairs"],
+               "repair_bytes": total["repair_bytes"], "audits_passed": total["audits_passed"],
+               "audits_failed": total["audits_failed"], "lookups": total["lookups"],
                "hops_p50": hops[len(hops) // 2] if hops else 0,
                "hops_p90": hops[int(len(hops) * 0.9)] if hops else 0,
                "datagrams": self.net.stats.datagrams, "stream_bytes": self.net.stats.stream_bytes}

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sims.protocol import run_protocol
+from sims.protocol import CARRIED, ProtocolConfig, ProtocolSim, host_counts, run_protocol, run_sim
 from sims.run import load_scenario, parse_params, set_param
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +52,36 @@ def test_a_correlated_failure_is_repaired_without_the_owner(tmp_path: Path) -> N
     assert final["hosts_up"] == 6
     assert final["segments_below_threshold"] == 0  # repaired back above the threshold
     assert final["repairs"] >= 1 and final["repair_bytes"] > 0
+
+
+def test_cumulative_columns_do_not_fall_when_nodes_restart() -> None:
+    """A node restarted by churn is a new process with counters at zero; the
+    metrics add its earlier processes' counts, so they never fall."""
+    cfg = ProtocolConfig.from_dict({**TINY, "sim": {**TINY["sim"], "nodes": 6}})
+
+    async def main(sim: ProtocolSim) -> tuple[list[dict[str, Any]], list[dict[str, int]]]:
+        await sim.setup()
+        rows = [sim.sample_row()]
+        for i in (1, 2):
+            await sim._apply("down", i)
+        await asyncio.sleep(600)
+        rows.append(sim.sample_row())
+        per_host = [host_counts(sim.hosts[i]) for i in (1, 2)]
+        for i in (1, 2):
+            await sim._apply("up", i)
+        rows.append(sim.sample_row())
+        per_host += [host_counts(sim.hosts[i]) for i in (1, 2)]
+        await asyncio.sleep(600)
+        rows.append(sim.sample_row())
+        return rows, per_host
+
+    _, (rows, per_host) = run_sim(cfg, 4, main)
+    for _, col in CARRIED:
+        values = [r[col] for r in rows]
+        assert values == sorted(values), (col, values)
+        for before, after in zip(per_host[:2], per_host[2:]):
+            assert after[col] >= before[col], (col, before, after)
+    assert per_host[0]["lookups"] > 0 and rows[3]["lookups"] > rows[0]["lookups"]
 
 
 def test_cli_sim_run_writes_metrics_and_plots(tmp_path: Path) -> None:
