@@ -382,6 +382,45 @@ def test_entries_per_key_capped() -> None:
     assert s.put(rec(signers[0], kind="test-capped", seq=2), NOW) == "refreshed"
 
 
+def test_a_full_key_drops_expired_entries_before_refusing() -> None:
+    register_kind(KindSpec("test-capped", max_entries=3))
+    signers = [Identity.generate(2, random.Random(2000 + i).randbytes) for i in range(4)]
+    s = RecordStore()
+    s.put(rec(signers[0], kind="test-capped", expires=NOW + 10), NOW)
+    for ident in signers[1:3]:
+        s.put(rec(ident, kind="test-capped"), NOW)
+    # at NOW + 20 the first entry has expired but expire() has not run yet
+    assert s.put(rec(signers[3], kind="test-capped"), NOW + 20) == "stored"
+    assert {r.signer_id for r in s.get(KEY, NOW + 20)} == {i.node_id for i in signers[1:]}
+    assert (s.counters.full, s.counters.expired, s.counters.evicted) == (0, 1, 0)
+
+
+def test_host_announcements_evict_the_first_to_expire_when_a_key_is_full() -> None:
+    """Every host renews its announcement, so a full shard key keeps the
+    latest ones: a newcomer takes the place of the entry expiring first
+    (before, past 256 signers per shard every further host was refused and
+    never seen by uploaders)."""
+    import xcore.contracts.hosts  # noqa: F401  (registers the kind)
+    register_kind(KindSpec("test-rotating", max_entries=3, evict_oldest=True))
+    assert kind_spec("host").evict_oldest and not kind_spec("loc").evict_oldest  # type: ignore[union-attr]
+    signers = [Identity.generate(2, random.Random(4000 + i).randbytes) for i in range(5)]
+    s = RecordStore()
+    for i, ident in enumerate(signers[:3]):
+        s.put(rec(ident, kind="test-rotating", expires=NOW + 100 + i), NOW)
+    s.put(rec(signers[3], kind="test-rotating", expires=NOW + 200), NOW)
+    assert signers[0].node_id not in {r.signer_id for r in s.get(KEY, NOW)}
+    assert s.counters.evicted == 1 and len(s) == 3
+    # a record expiring no later than every held one is refused, not swapped in
+    with pytest.raises(RecordRejected, match="too many signers"):
+        s.put(rec(signers[4], kind="test-rotating", expires=NOW + 101), NOW)
+    assert s.counters.full == 1
+    # the evicted host comes back with its renewal, displacing the next oldest
+    s.put(rec(signers[0], kind="test-rotating", seq=2, expires=NOW + 300), NOW)
+    assert {r.signer_id for r in s.get(KEY, NOW)} == {
+        signers[2].node_id, signers[3].node_id, signers[0].node_id}
+    assert s.counters.evicted == 2
+
+
 def test_text_kind_allows_64_signers() -> None:
     spec = kind_spec("text")
     assert spec is not None and spec.max_entries == 64

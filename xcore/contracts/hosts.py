@@ -11,6 +11,14 @@ Value layout (msgpack map)::
     {"v": 1, "addr": "host:port" (TCP), "cap": capacity, "free": bytes free,
      "since": unix time the node started}
 
+Each node keeps at most 256 announcements per shard key (16 x 256 = 4,096
+hosts in all); hosts renew theirs while they run, and a full key drops the
+announcement expiring first for a fresher one (``evict_oldest``), so in a
+larger network the latest announcements are held and every running host
+keeps getting back in. A VALUE reply carries the freshest records that fit
+one datagram (about 30 host records), so a reader sees a few hundred
+recently announced hosts, a sample that rotates as hosts renew.
+
 ``loc`` records: a host that stores a share says so under
 ``loc_key(share_hash)`` = ``dht_key(share_hash, b"loc")``, so a reader (or a
 repairer) finds current holders even when a manifest's host list is out of
@@ -71,7 +79,7 @@ def _check_loc_value(rec: Record) -> None:
         raise RecordRejected("bad loc record: no address and no ended contract")
 
 
-register_kind(KindSpec("host", max_value=256, max_ttl=HOST_TTL, max_entries=256,
+register_kind(KindSpec("host", max_value=256, max_ttl=HOST_TTL, max_entries=256, evict_oldest=True,
                        validate_value=_check_host_value))
 register_kind(KindSpec("loc", max_value=LOC_MAX_VALUE, max_ttl=LOC_TTL, max_entries=64,
                        validate_value=_check_loc_value))

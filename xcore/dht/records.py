@@ -25,6 +25,10 @@ believes one):
 * every key is multi-writer: one entry per signer, at most
   ``max_entries`` signers per key. Kinds that must have a single owner derive
   the key from the signer (``owner_key``), so only that owner can write it.
+  A full key first drops its expired entries; then a kind with
+  ``evict_oldest`` (host announcements, which every host renews) makes room
+  for a record that expires later than the entry expiring first, which is
+  dropped; any other kind refuses the newcomer.
 """
 
 from __future__ import annotations
@@ -127,6 +131,7 @@ class KindSpec:
     max_ttl: int = DEFAULT_TTL
     max_entries: int = 64
     owner_only: bool = False  # key must be owner_key(kind, signer, name) for some name
+    evict_oldest: bool = False  # a full key drops its first-expiring entry for a later one
     owner_name: Callable[[Record], bytes] | None = None
     validate_value: Callable[[Record], None] | None = None  # raises RecordRejected
 
@@ -195,6 +200,7 @@ class StoreCounters:
     rejected: int = 0
     full: int = 0
     expired: int = 0
+    evicted: int = 0  # entries dropped to make room (kinds with evict_oldest)
 
 
 @dataclass
@@ -238,7 +244,7 @@ class RecordStore:
                     raise RecordRejected("conflicting record with the same seq")
                 self.received[(record.key, signer)] = now
                 return "same"
-        elif len(slot) >= spec.max_entries:
+        elif len(slot) >= spec.max_entries and not self._make_room(record, slot, spec, now):
             self.counters.full += 1
             raise RecordRejected("too many signers for this key")
         slot[signer] = record
@@ -248,6 +254,28 @@ class RecordStore:
             return "stored"
         self.counters.refreshed += 1
         return "refreshed"
+
+    def _make_room(self, record: Record, slot: dict[bytes, Record], spec: KindSpec,
+                   now: float) -> bool:
+        """Free one entry of the full ``slot`` for ``record``: an expired one,
+        else (``spec.evict_oldest``) the one expiring first, if ``record``
+        expires later. False if nothing may go."""
+        for signer, held in list(slot.items()):
+            if held.expires <= now:
+                del slot[signer]
+                self.received.pop((record.key, signer), None)
+                self.counters.expired += 1
+        if len(slot) < spec.max_entries:
+            return True
+        if not spec.evict_oldest:
+            return False
+        victim = min(slot.values(), key=lambda r: (r.expires, r.seq, r.signer_pubkey))
+        if victim.expires >= record.expires:
+            return False
+        del slot[victim.signer_id]
+        self.received.pop((record.key, victim.signer_id), None)
+        self.counters.evicted += 1
+        return True
 
     def get(self, key: bytes, now: float) -> list[Record]:
         slot = self.entries.get(key)
