@@ -10,7 +10,11 @@ then for each size puts a random file and gets it back, each as its own
 * the client's own MB/s (``mb_per_s`` in its ``--json`` output: transfer only);
 * the client process's peak RSS (``ru_maxrss`` from ``os.wait4`` on it);
 * the client MB/s as a fraction of the raw AES-256-CTR, SHA-256 and zfec
-  (k=4, n=8) single-thread baselines measured at the start of the same run.
+  (k=4, n=8) single-thread baselines measured at the start of the same run;
+* at the end, the per-byte floor of the same put and get (``bench/floor.py``:
+  the encryption, coding, hashing and share writes alone, with xcore's own
+  functions, in CPU seconds) and the client MB/s as a fraction of the bound
+  that floor sets on this machine's cores.
 
 ``--big`` adds a 1 GiB run, whose peak client RSS should stay <= 300 MB.
 The devnet is always taken down and the temporary dirs removed.
@@ -37,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
     MiB, baselines, format_baselines, format_machine, log, machine_info,
 )
+from bench.floor import datapath_floor, floor_mb_per_s, format_floor  # noqa: E402
+from xcore.shard.erasure import Redundancy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DIFFICULTY = 4
@@ -174,6 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for r in rows:
         print(fmt_row(r, base))
+    # the per-byte floor of the same work (bench/floor.py), measured after the
+    # devnet is gone, so the figures above are also read as fractions of it
+    cores = os.cpu_count() or 1
+    floor = min((datapath_floor(min(sizes) * MiB, Redundancy.parse(args.redundancy))
+                 for _ in range(1 if args.quick else 2)),
+                key=lambda f: f["put_client_cpu_s"] + f["put_hosts_cpu_s"])
+    limits = floor_mb_per_s(floor, cores)
+    print("\n" + format_floor(floor, cores))
+    for r in rows:
+        print(f"{r['mib']} MiB: client MB/s as a fraction of the floor's bound on {cores} core(s): "
+              f"put {r['put_client_MBps'] / limits['put']:.2f}, get {r['get_client_MBps'] / limits['get']:.2f}")
     status = 0
     for r in rows:
         if r["mib"] >= 1024:
@@ -183,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"machine": m, "baselines": base, "nodes": args.nodes,
-                       "redundancy": args.redundancy, "runs": rows}, f, indent=2)
+                       "redundancy": args.redundancy, "runs": rows, "floor": floor,
+                       "floor_mb_per_s": limits}, f, indent=2)
     return status
 
 

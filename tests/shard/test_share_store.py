@@ -401,7 +401,9 @@ def test_killed_mid_write(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     temps = [p for p in root.rglob("*.tmp")]
-    assert len(temps) == 1 and temps[0].stat().st_size == 65536
+    # the torn write is there (its first 64 KiB may still have been staged in
+    # memory for a direct write, not yet in the file: DirectWriter)
+    assert len(temps) == 1 and temps[0].stat().st_size <= 65536
     reopened = ShareStore(root, 1 << 22)
     assert not list(root.rglob("*.tmp"))
     assert reopened.list() == [h] and reopened.get(h) == d

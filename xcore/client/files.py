@@ -48,6 +48,7 @@ from xcore.client.manifest import Manifest, SegmentRef, ShareRef, open_manifest,
 from xcore.contracts.hosts import HostInfo, loc_address, loc_key, read_hosts
 from xcore.contracts.contract import AUDIT_BLOCK, Contract, SignedContract, share_merkle_root
 from xcore.contracts.segments import make_segment_record
+from xcore.directio import DirectWriter
 from xcore.contracts.selection import select_hosts
 from xcore.crypto.stream import CtrStream
 from xcore.dht.records import Record
@@ -628,8 +629,12 @@ class Client:
         tmp = out.with_name(f".{out.name}.xcore-partial")
         digest = hashlib.sha256()
         written = 0
+        fd = -1
         try:
-            with open(tmp, "wb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
+                         0o666)
+            f = DirectWriter(fd)  # around the page cache: the output is fsynced at the end anyway
+            try:
                 pending: list[asyncio.Task[bytes]] = []
                 segs = list(man.segments)
                 for i in range(min(self.segments_in_flight(red), len(segs))):
@@ -657,12 +662,18 @@ class Client:
                         task.cancel()
                     if pending:
                         await asyncio.gather(*pending, return_exceptions=True)
-                f.flush()
-                os.fsync(f.fileno())
+                f.finish()
+                os.fsync(fd)
+            finally:
+                f.close()
+                os.close(fd)
+                fd = -1
             if written != man.size:
                 raise ShareCorrupted(f"rebuilt {written} bytes, manifest says {man.size}")
             os.replace(tmp, out)
         except BaseException:
+            if fd >= 0:
+                os.close(fd)
             try:
                 tmp.unlink()
             except OSError:

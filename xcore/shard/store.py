@@ -50,6 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol
 
+from xcore.directio import DirectWriter
 from xcore.errors import (
     BadShareName,
     CapacityExceeded,
@@ -110,12 +111,16 @@ Opener = Callable[[Path], ShareFile]
 
 
 class OsShareFile:
-    """:class:`ShareFile` over a raw file descriptor."""
+    """:class:`ShareFile` over a raw file descriptor, written around the page
+    cache where the filesystem allows (:class:`~xcore.directio.DirectWriter`:
+    a share is fsynced at once and seldom read soon, so caching it only costs
+    CPU)."""
 
-    __slots__ = ("_fd",)
+    __slots__ = ("_fd", "_writer")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, direct: bool = True) -> None:
         self._fd: int | None = fd
+        self._writer = DirectWriter(fd, direct=direct)
 
     def _fileno(self) -> int:
         if self._fd is None:
@@ -123,15 +128,16 @@ class OsShareFile:
         return self._fd
 
     def write(self, data: bytes | memoryview, /) -> int:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fileno(), view) :]
-        return len(data)
+        self._fileno()
+        return self._writer.write(data)
 
     def sync(self) -> None:
-        os.fsync(self._fileno())
+        fd = self._fileno()
+        self._writer.finish()
+        os.fsync(fd)
 
     def close(self) -> None:
+        self._writer.close()
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
