@@ -9,12 +9,14 @@ put
           ``prepare_segment``: zfec encoding, SHA-256 of every share, the
           Merkle root of every share's 1 KiB audit blocks;
   hosts   for each share what ``HostService`` does when it arrives:
-          ``ShareStore.put`` (SHA-256 check, write, fsync, rename) and the
+          ``ShareStore.put`` (SHA-256 check, write around the page cache,
+          fsync, rename) and the
           contract's Merkle root check (``share_merkle_root``).
 get
   hosts   ``ShareStore.get`` of k shares per segment (read, SHA-256 check);
   client  SHA-256 of each share, ``decode_segment``, AES-256-CTR, writing the
-          output and its SHA-256 (the ``sha256`` of ``xcore get --json``).
+          output (``DirectWriter``, as ``xcore get`` does) and its SHA-256
+          (the ``sha256`` of ``xcore get --json``).
 
 Not counted: moving bytes over sockets, framing, the DHT (host records,
 ``loc`` records, lookups), process start-up and the event loop. So these are
@@ -48,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from xcore.client.files import prepare_segment  # noqa: E402
 from xcore.contracts.contract import share_merkle_root  # noqa: E402
 from xcore.crypto.stream import CtrStream  # noqa: E402
+from xcore.directio import DirectWriter  # noqa: E402
 from xcore.shard.erasure import Redundancy, decode_segment, segment_size  # noqa: E402
 from xcore.shard.store import ShareStore  # noqa: E402
 
@@ -106,7 +109,9 @@ def _measure(size: int, red: Redundancy, base: Path) -> dict[str, Any]:
     clock.lap("idle")
     ctr = CtrStream(key, nonce)
     digest = hashlib.sha256()
-    with open(out_path, "wb") as out:
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    out = DirectWriter(fd)  # as xcore get writes its output
+    try:
         for n, hashes in segments:
             got = {i: store.get(h) for i, h in enumerate(hashes)}
             clock.lap("get_hosts")
@@ -117,9 +122,12 @@ def _measure(size: int, red: Redundancy, base: Path) -> dict[str, Any]:
             out.write(plain_out)
             digest.update(plain_out)
             clock.lap("get_client")
-        out.flush()
-        os.fsync(out.fileno())
+        out.finish()
+        os.fsync(fd)
         clock.lap("get_client")
+    finally:
+        out.close()
+        os.close(fd)
     get_wall = time.perf_counter() - wall0
     cpu = clock.cpu
     return {"size": size, "redundancy": str(red),

@@ -13,6 +13,7 @@ from xcore.shard.erasure import (
     MAX_SHARE_SIZE,
     Redundancy,
     decode_segment,
+    segment_pieces,
     encode_segment,
     regenerate,
     segment_size,
@@ -92,6 +93,9 @@ def test_any_k_shares_decode(data: st.DataObject | None, red: Redundancy, segmen
     else:
         chosen = data.draw(st.permutations(range(red.n)))[: red.k]
     assert decode_segment({i: shares[i] for i in chosen}, red, len(segment)) == segment
+    pieces = segment_pieces({i: shares[i] for i in chosen}, red, len(segment))
+    assert b"".join(pieces) == segment and len(pieces) <= red.k
+    assert all(len(p) for p in pieces)  # no empty piece (nothing written for nothing)
 
 
 def test_all_k_subsets_decode_for_small_code() -> None:

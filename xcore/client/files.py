@@ -56,7 +56,7 @@ from xcore.errors import (
     CapacityExceeded, LookupFailed, NotEnoughShares, NotFound, ShareCorrupted, ShareNotFound,
     XcoreError,
 )
-from xcore.shard.erasure import Redundancy, decode_segment, encode_segment, segment_size
+from xcore.shard.erasure import Redundancy, encode_segment, segment_pieces, segment_size
 from xcore.net.streams import TCP, run_blocking
 from xcore.shard.transfer import Grant, HostConnection
 
@@ -556,7 +556,8 @@ class Client:
             raise NotFound(f"{entry.name} ({entry.file_id.hex()}): no host returned its "
                            f"manifest ({exc})") from exc
 
-    async def fetch_segment(self, seg: SegmentRef, red: Redundancy) -> bytes:
+    async def fetch_segment(self, seg: SegmentRef, red: Redundancy) -> list[bytes | memoryview]:
+        """A segment's ciphertext, as pieces to be read in order (:func:`segment_pieces`)."""
         from xcore.bootstrap import parse_address
         queue = fetch_order([(s, s.host_id, s.host_addr) for s in seg.shares], red.k,
                             lambda h: self.stats.failures.get(h, 0), self.rtt)
@@ -616,7 +617,7 @@ class Client:
                 await asyncio.gather(*running, return_exceptions=True)
         if len(good) < red.k:
             raise NotEnoughShares(f"segment {seg.index}: only {len(good)} of {red.k} shares could be fetched")
-        return await run_blocking(decode_segment, good, red, seg.length, threads=self.threads)
+        return await run_blocking(segment_pieces, good, red, seg.length, threads=self.threads)
 
     async def get(self, file_id: bytes, out: Path, progress: Progress | None = None) -> dict[str, Any]:
         started = self.now()
@@ -635,26 +636,29 @@ class Client:
                          0o666)
             f = DirectWriter(fd)  # around the page cache: the output is fsynced at the end anyway
             try:
-                pending: list[asyncio.Task[bytes]] = []
+                pending: list[asyncio.Task[list[bytes | memoryview]]] = []
                 segs = list(man.segments)
                 for i in range(min(self.segments_in_flight(red), len(segs))):
                     pending.append(asyncio.create_task(self.fetch_segment(segs[i], red)))
                 nxt = len(pending)
 
-                def emit(cipher: bytes) -> int:
-                    plain = ctr.update(cipher)
-                    f.write(plain)
-                    digest.update(plain)
-                    return len(plain)
+                def emit(pieces: list[bytes | memoryview]) -> int:
+                    n = 0
+                    for cipher in pieces:
+                        plain = ctr.update(cipher)
+                        f.write(plain)
+                        digest.update(plain)
+                        n += len(plain)
+                    return n
 
                 try:
                     while pending:
-                        cipher = await pending.pop(0)
+                        pieces = await pending.pop(0)
                         if nxt < len(segs):
                             pending.append(asyncio.create_task(self.fetch_segment(segs[nxt], red)))
                             nxt += 1
                         # decrypt, write and hash in a thread while the next segments arrive
-                        written += await run_blocking(emit, cipher, threads=self.threads)
+                        written += await run_blocking(emit, pieces, threads=self.threads)
                         if progress:
                             progress({"op": "get", "done": written, "total": man.size})
                 finally:

@@ -64,7 +64,7 @@ class CtrStream:
         """The stream offset of the next byte ``update`` will process."""
         return self._position
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
         """XOR ``data`` with the keystream at the current position and advance."""
         end = self._position + len(data)
         if end > MAX_STREAM_BYTES:

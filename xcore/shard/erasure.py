@@ -162,6 +162,14 @@ def decode_segment(shares: Mapping[int, bytes], red: Redundancy, segment_len: in
     ``segment_len``. Shares must already be verified against their hashes:
     erasure decoding cannot detect a wrong byte.
     """
+    return b"".join(segment_pieces(shares, red, segment_len))
+
+
+def segment_pieces(shares: Mapping[int, bytes], red: Redundancy, segment_len: int
+                   ) -> list[bytes | memoryview]:
+    """:func:`decode_segment` without joining: pieces (the primary blocks, the
+    last cut to length) whose concatenation is the segment, so a reader that
+    streams them on saves a copy of the whole segment. Same checks and errors."""
     expected = share_size(segment_len, red)
     if segment_len > red.k * MAX_SHARE_SIZE:
         raise InvalidParameter(f"segment of {segment_len} bytes is larger than {red.k} * 2 MiB")
@@ -171,8 +179,14 @@ def decode_segment(shares: Mapping[int, bytes], red: Redundancy, segment_len: in
                 f"share {num} is {len(share)} bytes, a {segment_len}-byte segment "
                 f"has {expected}-byte shares"
             )
-    blocks = _decode_primaries(shares, red)
-    return b"".join(blocks)[:segment_len]
+    pieces: list[bytes | memoryview] = []
+    left = segment_len
+    for block in _decode_primaries(shares, red):
+        if left <= 0:
+            break
+        pieces.append(block if len(block) <= left else memoryview(block)[:left])
+        left -= len(block)
+    return pieces
 
 
 def regenerate(
