@@ -54,7 +54,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from xcore.codec import as_bytes, as_int, as_list, as_str, canonical, expect, pack, unpack_bounded
 from xcore.crypto.identity import ID_BYTES, PUBKEY_BYTES, SIG_BYTES, Identity, node_id_of, verify
@@ -170,6 +170,7 @@ class FrameStream:
         self.timeout = timeout
         self.bytes_in = 0
         self.bytes_out = 0
+        self._pending: bytes | None = None  # a frame body the DATA fast path did not take
 
     async def _read_body(self) -> bytes:
         head = await self.reader.readexactly(4)
@@ -205,19 +206,81 @@ class FrameStream:
         return chunk
 
     async def recv_exactly(self, size: int, too_much: str) -> bytearray:
-        """``size`` bytes of DATA frames, copied once each into a buffer of
-        that size (:class:`RemoteProtocolError` ``too_much`` if a frame
-        overshoots)."""
+        """``size`` bytes of DATA frames, gathered into one buffer of that size
+        (:class:`RemoteProtocolError` ``too_much`` if a frame overshoots).
+        Over a :class:`~xcore.net.streams.DirectReader` each chunk is read
+        straight into its place; otherwise it is copied there once."""
         buf = bytearray(size)
+        view = memoryview(buf)
         got = 0
+        direct = getattr(self.reader, "readinto_exactly", None)
         while got < size:
+            if direct is not None:
+                got += await self._recv_data_into(view, got, too_much, direct)
+                continue
             chunk = await self.recv_data()
             end = got + len(chunk)
             if end > size:
                 raise RemoteProtocolError(too_much)
-            buf[got:end] = chunk
+            view[got:end] = chunk
             got = end
         return buf
+
+    async def _recv_data_into(self, view: memoryview, at: int, too_much: str,
+                              readinto: Callable[[memoryview], Awaitable[None]]) -> int:
+        """Read one DATA frame's chunk straight into ``view[at:]``; its length.
+        A frame in any other form (an ERR frame; a DATA frame encoded
+        otherwise) is read whole and handled as :meth:`recv_data` does: its
+        error raised, or its chunk copied into place."""
+        async def read() -> int | None:
+            head = await self.reader.readexactly(4)
+            (size,) = struct.unpack(">I", head)
+            if size > MAX_FRAME:
+                raise MessageTooLarge(f"frame of {size} bytes")
+            if size < 4:
+                self._pending = await self.reader.readexactly(size)
+                return None
+            lead = await self.reader.readexactly(3)
+            width = _BIN_LENGTH_BYTES.get(lead[2])
+            if lead[0] != 0x92 or lead[1] != DATA or width is None or size < 3 + width:
+                self._pending = lead + await self.reader.readexactly(size - 3)
+                return None
+            tail = await self.reader.readexactly(width)
+            n = int.from_bytes(tail, "big")
+            if n != size - 3 - width:
+                self._pending = lead + tail + await self.reader.readexactly(size - 3 - width)
+                return None
+            if not 1 <= n <= CHUNK:
+                raise RemoteProtocolError("DATA: expected 1 to CHUNK bytes")
+            if at + n > len(view):
+                raise RemoteProtocolError(too_much)
+            await readinto(view[at:at + n])
+            self.bytes_in += 4 + size
+            return n
+
+        self._pending = None
+        try:
+            n = await asyncio.wait_for(read(), self.timeout)
+        except asyncio.TimeoutError as exc:
+            raise Timeout("peer went silent") from exc
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise ConnectionClosed("connection closed") from exc
+        if n is not None:
+            return n
+        body, self._pending = self._pending, None
+        assert body is not None
+        self.bytes_in += 4 + len(body)
+        chunk: bytes | memoryview | None = _data_chunk(body)
+        if chunk is None:
+            ftype, fields = decode_frame(body)
+            fields = self._check(ftype, fields, (DATA,))
+            chunk = as_bytes(fields[0] if fields else None, "data", max_size=CHUNK)
+        if not chunk or len(chunk) > CHUNK:
+            raise RemoteProtocolError("DATA: expected 1 to CHUNK bytes")
+        if at + len(chunk) > len(view):
+            raise RemoteProtocolError(too_much)
+        view[at:at + len(chunk)] = chunk
+        return len(chunk)
 
     def _write(self, *parts: bytes | memoryview) -> None:
         if self.writer.is_closing():
