@@ -39,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
-    MiB, baselines, format_baselines, format_machine, log, machine_info,
+    MiB, baselines, format_baselines, format_machine, log, machine_info, precompile,
 )
 from bench.floor import datapath_floor, floor_mb_per_s, format_floor  # noqa: E402
 from xcore.shard.erasure import Redundancy  # noqa: E402
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.big and 1024 not in sizes:
         sizes.append(1024)
 
+    precompile()  # the commands below start as an installed xcore does
     m = machine_info()
     print(format_machine(m))
     base = baselines(args.quick)

@@ -6,7 +6,9 @@ What it does, for each ``(nodes, k/n)`` configuration:
    :func:`xcore.devnet.up` (``difficulty`` 4, 4 GiB offered each, ports chosen
    by the kernel); the node processes are spawned through this module so that
    they are tracked (and stopped on failure) and, with ``profile_dir``, run
-   under ``bench/peers/cpuprof.py DIR/<node>.prof`` (cProfile in CPU time, every thread);
+   under ``bench/peers/cpuprof.py DIR/<node>.prof`` (cProfile in CPU time,
+   every thread). xcore is byte-compiled first, as an installed package is
+   (``bench.common.precompile``: this box sets ``PYTHONDONTWRITEBYTECODE``).
    With ``loops_off`` the repair and audit loops run every 24 h instead of the
    devnet's 60 s and 300 s: the data path alone, without the background
    checks that new uploads set off;
@@ -81,6 +83,8 @@ class XcoreNet:
 
     def up(self, timeout: float = 240.0) -> None:
         import xcore.devnet as devnet
+        from bench.common import precompile
+        precompile()  # node and CLI processes start as an installed xcore does
 
         def spawn(data_dir: Path) -> subprocess.Popen[bytes]:
             return self.procs.spawn(self._node_cmd(Path(data_dir)),
