@@ -1014,6 +1014,40 @@ def test_bad_data_frames_inside_a_put_store_nothing(data_dir: Path) -> None:
     assert rig.counters.get("puts", 0) == 1  # still_serves
 
 
+def test_data_frames_in_any_valid_msgpack_form_are_taken(data_dir: Path) -> None:
+    """The host reads DATA chunks straight into the share's buffer when the
+    frame is ``[DATA, bin]``, whatever width the bin header has; a frame in
+    another valid form (a bin 32 header for a small chunk, a longer array)
+    is decoded the slow way. Either way the share is stored intact."""
+    data = payload(3 * 1000 + 7, seed=15)
+
+    def frame(body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + body
+
+    pieces = [
+        frame(b"\x92" + bytes([DATA]) + b"\xc4" + bytes([100]) + data[:100]),          # bin 8
+        frame(b"\x92" + bytes([DATA]) + b"\xc6" + (900).to_bytes(4, "big") + data[100:1000]),
+        frame(b"\x92" + bytes([DATA]) + b"\xc5" + (1000).to_bytes(2, "big") + data[1000:2000]),
+        encode_frame(DATA, data[2000:3000], None),                                         # [DATA, bin, nil]
+        encode_frame(DATA, data[3000:]),
+    ]
+
+    async def body(rig: Rig) -> None:
+        raw = await Raw.open(rig)
+        await raw.handshake(ident(22))
+        sh = h(data)
+        await raw.fs.send(PUT, sh, len(data), rig.grant(sh).encode())
+        assert (await raw.fs.expect(READY)) == [1]
+        await raw.send_raw(b"".join(pieces))
+        await raw.fs.expect(OK)
+        raw.close()
+        assert rig.stored() == [sh]
+        conn = await rig.connect(rig.host_id.node_id)
+        assert await conn.get_share(sh) == data
+
+    run_host(data_dir, body)
+
+
 def test_client_that_goes_silent_mid_put_is_dropped(data_dir: Path) -> None:
     data = payload(CHUNK * 2, seed=15)
 

@@ -195,7 +195,10 @@ class FrameStream:
     async def recv_data(self) -> bytes | memoryview:
         """The next frame, which must be a non-empty DATA frame: its chunk (a
         view of the frame, not a copy). An ERR frame raises its error."""
-        body = await self._recv_body()
+        return self._data_of(await self._recv_body())
+
+    def _data_of(self, body: bytes) -> bytes | memoryview:
+        """The chunk of a frame body that must be a non-empty DATA frame."""
         chunk: bytes | memoryview | None = _data_chunk(body)
         if chunk is None:
             ftype, fields = decode_frame(body)
@@ -270,13 +273,7 @@ class FrameStream:
         body, self._pending = self._pending, None
         assert body is not None
         self.bytes_in += 4 + len(body)
-        chunk: bytes | memoryview | None = _data_chunk(body)
-        if chunk is None:
-            ftype, fields = decode_frame(body)
-            fields = self._check(ftype, fields, (DATA,))
-            chunk = as_bytes(fields[0] if fields else None, "data", max_size=CHUNK)
-        if not chunk or len(chunk) > CHUNK:
-            raise RemoteProtocolError("DATA: expected 1 to CHUNK bytes")
+        chunk = self._data_of(body)
         if at + len(chunk) > len(view):
             raise RemoteProtocolError(too_much)
         view[at:at + len(chunk)] = chunk
