@@ -59,6 +59,9 @@ class _TcpListener:
         await self.server.wait_closed()
 
 
+BUFFER = 1 << 16  # DirectReader's own buffer, bytes
+
+
 class DirectReader:
     """A TCP connection's incoming bytes, read by :class:`_DirectProtocol`.
 
@@ -72,14 +75,17 @@ class DirectReader:
     that way cost 0.36-0.39 CPU s on the 2-core box of ``bench/README.md``,
     into the caller's buffer 0.08-0.16 s.
 
-    Bytes nobody asked for yet wait in a buffer of ``limit`` bytes; when it
-    is full the transport stops reading until a reader takes some (flow
-    control, as ``StreamReader`` does it).
+    Bytes nobody asked for yet wait in a buffer of :data:`BUFFER` bytes (or
+    ``limit``, if smaller); when it is full the transport stops reading until
+    a reader takes some (flow control, as ``StreamReader`` does it), and the
+    socket's own buffers hold the rest. A ``readexactly`` larger than that
+    reads into a buffer of its own. So an idle connection holds 64 KiB, not
+    the largest frame twice over (a host may have 128 connections).
     """
 
     def __init__(self, protocol: _DirectProtocol, limit: int) -> None:
         self._proto = protocol
-        self._cap = max(limit, 1 << 16)
+        self._cap = max(4096, min(limit, BUFFER))
         self._buf = bytearray(self._cap)
         self._start = self._end = 0
         self._eof = False

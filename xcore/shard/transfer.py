@@ -253,10 +253,12 @@ class FrameStream:
             if n != size - 3 - width:
                 self._pending = lead + tail + await self.reader.readexactly(size - 3 - width)
                 return None
-            if not 1 <= n <= CHUNK:
-                raise RemoteProtocolError("DATA: expected 1 to CHUNK bytes")
-            if at + n > len(view):
-                raise RemoteProtocolError(too_much)
+            if not 1 <= n <= CHUNK or at + n > len(view):
+                await self.reader.readexactly(n)  # the bad frame is consumed whole, as
+                # the slow path does, so the error frame reaches the peer (closing
+                # a socket with unread bytes makes the kernel reset it instead)
+                raise RemoteProtocolError("DATA: expected 1 to CHUNK bytes" if not 1 <= n <= CHUNK
+                                          else too_much)
             await readinto(view[at:at + n])
             self.bytes_in += 4 + size
             return n
