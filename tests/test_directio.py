@@ -108,3 +108,27 @@ def test_stage_buffers_are_reused_not_leaked(tmp_path: Path) -> None:
     for i in range(3 * directio._POOL_MAX):
         write_file(tmp_path / f"f{i}", [ALIGN + i])
     assert len(directio._pool) <= directio._POOL_MAX
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_shares_the_parents_stage_buffers() -> None:
+    """Stage buffers are private mappings, and a forked child starts with an
+    empty pool: a shared mapping would be one memory in both processes, and
+    two processes staging writes in it corrupt each other's files (seen as a
+    share read back corrupt in a simulator run in a forked worker)."""
+    buf = directio._take_buffer()
+    buf[:4] = b"PRNT"
+    directio._give_buffer(buf)
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        code = 1
+        try:
+            if not directio._pool:
+                directio._take_buffer()[:4] = b"CHLD"
+                buf[:4] = b"KID!"  # the inherited mapping, written here
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child inherited the parent's pool"
+    assert buf[:4] == b"PRNT", "the child's writes showed in the parent's buffer"

@@ -40,7 +40,21 @@ def _take_buffer() -> mmap.mmap:
     with _pool_lock:
         if _pool:
             return _pool.pop()
-    return mmap.mmap(-1, STAGE)  # anonymous mappings are page-aligned
+    # anonymous mappings are page-aligned; private, because a shared one
+    # (mmap's default) would be the same memory in a forked child, and two
+    # processes staging writes in it would corrupt each other's files
+    return mmap.mmap(-1, STAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def _forget_pool() -> None:
+    """In a forked child: start with no buffers of the parent's."""
+    global _pool_lock
+    _pool.clear()
+    _pool_lock = threading.Lock()  # the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _give_buffer(buf: mmap.mmap) -> None:
