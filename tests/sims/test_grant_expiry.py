@@ -153,3 +153,39 @@ def test_a_file_of_many_segments_is_renewed_a_few_segments_at_a_time(
     assert (r["renewed"], r["contracts"], r["not_held"], r["failed"]) == (6 * 4 + 5, 6 * 4 + 5, 0, 0)
     assert all(max(ends) == r["until"] for ends in out["ends"].values())
     assert 1 < busy["max"] <= files.RENEW_SEGMENTS_IN_FLIGHT
+
+
+def test_many_small_files_are_renewed_several_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files were renewed one after another, so an owner of many one-segment
+    files waited a manifest fetch and a segment's round trips per file in
+    turn: now segments of different files share the lanes, and every share
+    and manifest copy of every file is still renewed."""
+    busy = {"now": 0, "max": 0}
+    real = files.Client._renew_segment
+
+    async def counted(self: Any, *args: Any) -> None:
+        busy["now"] += 1
+        busy["max"] = max(busy["max"], busy["now"])
+        try:
+            await real(self, *args)
+        finally:
+            busy["now"] -= 1
+    monkeypatch.setattr(files.Client, "_renew_segment", counted)
+
+    async def main(sim: ProtocolSim) -> dict[str, Any]:
+        await sim.setup()
+        svc, owner = await sim._client("owner")
+        puts = [await put_random(sim, owner, f"small{i}", 40 + i, size=20_000) for i in range(5)]
+        renewed = await owner.renew()
+        owner.close()
+        await svc.stop()
+        return {"segments": sum(len(p.manifest.segments) for p in puts), "renewed": renewed,
+                "ends": {h: _contract_ends(sim, h) for p in puts for h in p.shares}}
+
+    _, out = run_sim(config(), 33, main)
+    r = out["renewed"]
+    assert out["segments"] == 5
+    # 5 files x (4 shares + 5 manifest copies at 2/4), every one renewed with a contract
+    assert (r["files"], r["renewed"], r["contracts"], r["not_held"], r["failed"]) == (5, 45, 45, 0, 0)
+    assert all(max(ends) == r["until"] for ends in out["ends"].values())
+    assert 1 < busy["max"] <= files.RENEW_SEGMENTS_IN_FLIGHT

@@ -66,7 +66,8 @@ INDEX_TTL = 30 * 24 * 3600
 UNDO_TIMEOUT = 30.0  # seconds a failed put spends deleting what it placed
 BLOB_COPIES = 5  # n - k + 1 at the default 4/8: metadata survives what data survives
 MAX_BLOB = 2 * 1024 * 1024
-RENEW_SEGMENTS_IN_FLIGHT = 4  # segments of one file renewed at once (each: n lookups, n RENEWs)
+RENEW_SEGMENTS_IN_FLIGHT = 4  # segments renewed at once, of any files (each: n lookups, n RENEWs)
+RENEW_FILES_IN_FLIGHT = 4  # files being renewed at once (their manifests fetched, segments queued)
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -737,31 +738,44 @@ class Client:
         until = int(self.now()) + GRANT_TERM
         hosts = {h.node_id: h for h in await self.hosts(refresh=True)}
         tally = {"renewed": 0, "contracts": 0, "not_held": 0, "failed": 0}
-        for n_done, entry in enumerate(entries):
-            blob = await self._manifest_blob(entry)
-            man = open_manifest(blob, self.keys, entry.file_id)
-            red = Redundancy(man.k, man.n)
-            lanes = asyncio.Semaphore(RENEW_SEGMENTS_IN_FLIGHT)
+        # segments of every file share RENEW_SEGMENTS_IN_FLIGHT lanes, and
+        # RENEW_FILES_IN_FLIGHT files are open at once, so an owner of many
+        # small files is not renewed one file after another
+        lanes = asyncio.Semaphore(RENEW_SEGMENTS_IN_FLIGHT)
+        open_files = asyncio.Semaphore(RENEW_FILES_IN_FLIGHT)
+        done = 0
 
-            async def segment(seg: Any) -> None:
-                async with lanes:
-                    await self._renew_segment(
-                        [(s.hash, s.size, s.merkle_root, [(s.host_id, s.host_addr)])
-                         for s in seg.shares], red, seg.length, until, hosts, tally)
-            failures = [r for r in await asyncio.gather(
-                *(segment(seg) for seg in man.segments), return_exceptions=True)
-                if isinstance(r, BaseException)]
-            if failures:
-                raise failures[0]
-            # the manifest: a mirrored segment of as many copies as put made
-            copies = min(manifest_copies(red), len(hosts))
-            root = await run_blocking(share_merkle_root, blob, threads=self.threads)
-            item = (entry.manifest_hash, len(blob), root, list(entry.manifest_hosts))
-            await self._renew_segment([item] * copies, Redundancy(1, copies), len(blob), until,
-                                      hosts, tally)
+        async def segment(shares: list[tuple[bytes, int, bytes, list[tuple[bytes, str]]]],
+                          red: Redundancy, length: int) -> None:
+            async with lanes:
+                await self._renew_segment(shares, red, length, until, hosts, tally)
+
+        async def renew_file(entry: IndexEntry) -> None:
+            nonlocal done
+            async with open_files:
+                blob = await self._manifest_blob(entry)
+                man = open_manifest(blob, self.keys, entry.file_id)
+                red = Redundancy(man.k, man.n)
+                # the manifest: a mirrored segment of as many copies as put made
+                copies = min(manifest_copies(red), len(hosts))
+                root = await run_blocking(share_merkle_root, blob, threads=self.threads)
+                item = (entry.manifest_hash, len(blob), root, list(entry.manifest_hosts))
+                jobs = [segment([(s.hash, s.size, s.merkle_root, [(s.host_id, s.host_addr)])
+                                 for s in seg.shares], red, seg.length) for seg in man.segments]
+                jobs.append(segment([item] * copies, Redundancy(1, copies), len(blob)))
+                failures = [r for r in await asyncio.gather(*jobs, return_exceptions=True)
+                            if isinstance(r, BaseException)]
+                if failures:
+                    raise failures[0]
+            done += 1
             if progress:
-                progress({"op": "renew", "done": n_done + 1, "total": len(entries),
-                          "unit": "files"})
+                progress({"op": "renew", "done": done, "total": len(entries), "unit": "files"})
+
+        failures = [r for r in await asyncio.gather(*(renew_file(e) for e in entries),
+                                                    return_exceptions=True)
+                    if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
         for entry in entries:  # (the index is rewritten anyway: that renews it too)
             index_doc = index_doc.add(replace(entry, until=until))
         await self.write_index(index_doc, seq, old)
