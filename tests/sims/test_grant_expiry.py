@@ -119,12 +119,8 @@ def test_grants_expire_unless_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out["finally"] == 0 and out["segments"] == 0
 
 
-def test_a_file_of_many_segments_is_renewed_a_few_segments_at_a_time(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Renewing a big file one segment after another took a DHT round trip
-    per share per segment in turn: segments now go RENEW_SEGMENTS_IN_FLIGHT
-    at a time, and every share of every segment is still renewed."""
-    monkeypatch.setattr(files, "segment_size", lambda red: 32 * 1024 * red.k)
+def _count_segment_renewals(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """``Client._renew_segment`` counted: how many run at once now, and at most."""
     busy = {"now": 0, "max": 0}
     real = files.Client._renew_segment
 
@@ -136,6 +132,16 @@ def test_a_file_of_many_segments_is_renewed_a_few_segments_at_a_time(
         finally:
             busy["now"] -= 1
     monkeypatch.setattr(files.Client, "_renew_segment", counted)
+    return busy
+
+
+def test_a_file_of_many_segments_is_renewed_a_few_segments_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renewing a big file one segment after another took a DHT round trip
+    per share per segment in turn: segments now go RENEW_SEGMENTS_IN_FLIGHT
+    at a time, and every share of every segment is still renewed."""
+    monkeypatch.setattr(files, "segment_size", lambda red: 32 * 1024 * red.k)
+    busy = _count_segment_renewals(monkeypatch)
 
     async def main(sim: ProtocolSim) -> dict[str, Any]:
         await sim.setup()
@@ -160,17 +166,7 @@ def test_many_small_files_are_renewed_several_at_a_time(monkeypatch: pytest.Monk
     files waited a manifest fetch and a segment's round trips per file in
     turn: now segments of different files share the lanes, and every share
     and manifest copy of every file is still renewed."""
-    busy = {"now": 0, "max": 0}
-    real = files.Client._renew_segment
-
-    async def counted(self: Any, *args: Any) -> None:
-        busy["now"] += 1
-        busy["max"] = max(busy["max"], busy["now"])
-        try:
-            await real(self, *args)
-        finally:
-            busy["now"] -= 1
-    monkeypatch.setattr(files.Client, "_renew_segment", counted)
+    busy = _count_segment_renewals(monkeypatch)
 
     async def main(sim: ProtocolSim) -> dict[str, Any]:
         await sim.setup()
