@@ -14,7 +14,7 @@ put
           contract's Merkle root check (``share_merkle_root``).
 get
   hosts   ``ShareStore.get`` of k shares per segment (read, SHA-256 check);
-  client  SHA-256 of each share, ``decode_segment``, AES-256-CTR, writing the
+  client  SHA-256 of each share, ``segment_pieces``, AES-256-CTR, writing the
           output (``DirectWriter``, as ``xcore get`` does) and its SHA-256
           (the ``sha256`` of ``xcore get --json``).
 
@@ -51,7 +51,7 @@ from xcore.client.files import prepare_segment  # noqa: E402
 from xcore.contracts.contract import share_merkle_root  # noqa: E402
 from xcore.crypto.stream import CtrStream  # noqa: E402
 from xcore.directio import DirectWriter  # noqa: E402
-from xcore.shard.erasure import Redundancy, decode_segment, segment_size  # noqa: E402
+from xcore.shard.erasure import Redundancy, segment_pieces, segment_size  # noqa: E402
 from xcore.shard.store import ShareStore  # noqa: E402
 
 MiB = 1 << 20
@@ -118,9 +118,10 @@ def _measure(size: int, red: Redundancy, base: Path) -> dict[str, Any]:
             for i, h in enumerate(hashes):
                 if hashlib.sha256(got[i]).digest() != h:
                     raise AssertionError("share hash mismatch")
-            plain_out = ctr.update(decode_segment(got, red, n))
-            out.write(plain_out)
-            digest.update(plain_out)
+            for piece in segment_pieces(got, red, n):  # as xcore get streams a segment
+                plain_out = ctr.update(piece)
+                out.write(plain_out)
+                digest.update(plain_out)
             clock.lap("get_client")
         out.finish()
         os.fsync(fd)

@@ -115,7 +115,7 @@ class DirectWriter:
         return n
 
     def _flush(self, length: int) -> None:
-        """Write the first ``length`` staged bytes (a multiple of ALIGN)."""
+        """Write the first ``length`` staged bytes (a multiple of ALIGN while direct)."""
         assert self._view is not None
         self._write_all(self._view[:length], direct=self.direct)
         self._fill = 0
@@ -146,16 +146,24 @@ class DirectWriter:
             self.close()
             return
         tail = self._fill
-        if self.direct:
+        if not self.direct:  # fell back half-way: what is staged goes out as it is
+            self._flush(tail)
+        else:
             padded = -(-tail // ALIGN) * ALIGN
             self._view[tail:padded] = bytes(padded - tail)
             self._flush(padded)
             if padded != tail:
                 os.ftruncate(self.fd, self.size)
-                self.direct_bytes -= padded - tail  # padding, not data
-        else:  # fell back half-way: what is staged goes out buffered
-            self._write_all(self._view[:tail], direct=False)
-            self._fill = 0
+                if self.direct:  # the padding is not data (counted where it went)
+                    self.direct_bytes -= padded - tail
+                else:
+                    self.buffered_bytes -= padded - tail
+        self.close()
+
+    def __enter__(self) -> DirectWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from xcore.client.index import (
     Index, IndexEntry, IndexPointer, best_index_record, index_key, make_index_record,
@@ -631,54 +631,49 @@ class Client:
         tmp = out.with_name(f".{out.name}.xcore-partial")
         digest = hashlib.sha256()
         written = 0
-        fd = -1
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
                          0o666)
-            f = DirectWriter(fd)  # around the page cache: the output is fsynced at the end anyway
             try:
-                pending: list[asyncio.Task[list[bytes | memoryview]]] = []
-                segs = list(man.segments)
-                for i in range(min(self.segments_in_flight(red), len(segs))):
-                    pending.append(asyncio.create_task(self.fetch_segment(segs[i], red)))
-                nxt = len(pending)
+                with DirectWriter(fd) as f:  # around the page cache: the output is fsynced anyway
+                    pending: list[asyncio.Task[list[bytes | memoryview]]] = []
+                    segs = list(man.segments)
+                    for i in range(min(self.segments_in_flight(red), len(segs))):
+                        pending.append(asyncio.create_task(self.fetch_segment(segs[i], red)))
+                    nxt = len(pending)
 
-                def emit(pieces: list[bytes | memoryview]) -> int:
-                    n = 0
-                    for cipher in pieces:
-                        plain = ctr.update(cipher)
-                        f.write(plain)
-                        digest.update(plain)
-                        n += len(plain)
-                    return n
+                    def emit(pieces: list[bytes | memoryview]) -> int:
+                        n = 0
+                        for cipher in pieces:
+                            plain = ctr.update(cipher)
+                            f.write(plain)
+                            digest.update(plain)
+                            n += len(plain)
+                        return n
 
-                try:
-                    while pending:
-                        pieces = await pending.pop(0)
-                        if nxt < len(segs):
-                            pending.append(asyncio.create_task(self.fetch_segment(segs[nxt], red)))
-                            nxt += 1
-                        # decrypt, write and hash in a thread while the next segments arrive
-                        written += await run_blocking(emit, pieces, threads=self.threads)
-                        if progress:
-                            progress({"op": "get", "done": written, "total": man.size})
-                finally:
-                    for task in pending:
-                        task.cancel()
-                    if pending:
-                        await asyncio.gather(*pending, return_exceptions=True)
-                f.finish()
-                os.fsync(fd)
+                    try:
+                        while pending:
+                            pieces = await pending.pop(0)
+                            if nxt < len(segs):
+                                pending.append(asyncio.create_task(self.fetch_segment(segs[nxt], red)))
+                                nxt += 1
+                            # decrypt, write and hash in a thread while the next segments arrive
+                            written += await run_blocking(emit, pieces, threads=self.threads)
+                            if progress:
+                                progress({"op": "get", "done": written, "total": man.size})
+                    finally:
+                        for task in pending:
+                            task.cancel()
+                        if pending:
+                            await asyncio.gather(*pending, return_exceptions=True)
+                    f.finish()
+                    os.fsync(fd)
             finally:
-                f.close()
                 os.close(fd)
-                fd = -1
             if written != man.size:
                 raise ShareCorrupted(f"rebuilt {written} bytes, manifest says {man.size}")
             os.replace(tmp, out)
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
             try:
                 tmp.unlink()
             except OSError:
@@ -763,19 +758,12 @@ class Client:
                 jobs = [segment([(s.hash, s.size, s.merkle_root, [(s.host_id, s.host_addr)])
                                  for s in seg.shares], red, seg.length) for seg in man.segments]
                 jobs.append(segment([item] * copies, Redundancy(1, copies), len(blob)))
-                failures = [r for r in await asyncio.gather(*jobs, return_exceptions=True)
-                            if isinstance(r, BaseException)]
-                if failures:
-                    raise failures[0]
+                await _all(jobs)
             done += 1
             if progress:
                 progress({"op": "renew", "done": done, "total": len(entries), "unit": "files"})
 
-        failures = [r for r in await asyncio.gather(*(renew_file(e) for e in entries),
-                                                    return_exceptions=True)
-                    if isinstance(r, BaseException)]
-        if failures:
-            raise failures[0]
+        await _all(renew_file(e) for e in entries)
         for entry in entries:  # (the index is rewritten anyway: that renews it too)
             index_doc = index_doc.add(replace(entry, until=until))
         await self.write_index(index_doc, seq, old)
@@ -819,6 +807,15 @@ class Client:
                                for (h, (size, root, _)), where in zip(distinct.items(), found)
                                for host_id, addr in where.items()))
         await publish
+
+
+async def _all(aws: Iterable[Awaitable[Any]]) -> None:
+    """Await every one of ``aws`` to its end, then raise the first failure
+    (none is left running when the caller moves on)."""
+    failures = [r for r in await asyncio.gather(*aws, return_exceptions=True)
+                if isinstance(r, BaseException)]
+    if failures:
+        raise failures[0]
 
 
 def manifest_copies(red: Redundancy) -> int:

@@ -260,11 +260,7 @@ class RecordStore:
         """Free one entry of the full ``slot`` for ``record``: an expired one,
         else (``spec.evict_oldest``) the one expiring first, if ``record``
         expires later. False if nothing may go."""
-        for signer, held in list(slot.items()):
-            if held.expires <= now:
-                del slot[signer]
-                self.received.pop((record.key, signer), None)
-                self.counters.expired += 1
+        self.counters.expired += self._drop_expired(record.key, slot, now)
         if len(slot) < spec.max_entries:
             return True
         if not spec.evict_oldest:
@@ -284,14 +280,18 @@ class RecordStore:
         return sorted((r for r in slot.values() if r.expires > now),
                       key=lambda r: (-r.seq, -r.expires, r.signer_pubkey))
 
+    def _drop_expired(self, key: bytes, slot: dict[bytes, Record], now: float) -> int:
+        gone = [s for s, r in slot.items() if r.expires <= now]
+        for signer in gone:
+            del slot[signer]
+            self.received.pop((key, signer), None)
+        return len(gone)
+
     def expire(self, now: float) -> int:
         dropped = 0
         for key in list(self.entries):
             slot = self.entries[key]
-            for signer in [s for s, r in slot.items() if r.expires <= now]:
-                del slot[signer]
-                self.received.pop((key, signer), None)
-                dropped += 1
+            dropped += self._drop_expired(key, slot, now)
             if not slot:
                 del self.entries[key]
         self.counters.expired += dropped

@@ -176,18 +176,11 @@ class DirectReader:
                 partial = bytes(self._buf[self._start:self._end])
                 self._took(len(partial))
                 raise asyncio.IncompleteReadError(partial, n)
-            if self._end == self._cap:  # room for n at the front
-                self._get_buffer_compact()
-            await self._wait()
+            await self._wait()  # (the next _get_buffer moves what is left to the front)
         with memoryview(self._buf) as view:
             data = bytes(view[self._start:self._start + n])
         self._took(n)
         return data
-
-    def _get_buffer_compact(self) -> None:
-        m = self._end - self._start
-        self._buf[:m] = self._buf[self._start:self._end]
-        self._start, self._end = 0, m
 
     async def readinto_exactly(self, view: memoryview) -> None:
         """Fill ``view`` with the next ``len(view)`` bytes of the stream.
@@ -220,8 +213,11 @@ class DirectReader:
 
 class _DirectProtocol(asyncio.BufferedProtocol):
     """One TCP connection: a :class:`DirectReader` for its incoming bytes and
-    an :class:`asyncio.StreamWriter` (this protocol provides the flow control
-    the writer's ``drain`` waits on, as asyncio's ``StreamReaderProtocol`` does)."""
+    an :class:`asyncio.StreamWriter`, whose ``drain`` waits on the flow
+    control below (what ``StreamReaderProtocol`` inherits from asyncio's
+    ``FlowControlMixin``). Not that mixin itself: it is an
+    ``asyncio.Protocol``, and uvloop then feeds ``data_received`` (a no-op
+    here) instead of ``get_buffer``: the connection would hang."""
 
     def __init__(self, limit: int, cb: ClientCallback | None = None) -> None:
         self.reader = DirectReader(self, limit)
@@ -262,8 +258,8 @@ class _DirectProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self.reader._feed_eof(exc if exc is not None else None)
-        for w in self._drain_waiters:
+        self.reader._feed_eof(exc)
+        for w in self._drain_waiters:  # writers waiting in drain
             if not w.done():
                 if exc is None:
                     w.set_result(None)

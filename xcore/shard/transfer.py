@@ -140,12 +140,18 @@ def data_frame_head(n: int) -> bytes:
 _BIN_LENGTH_BYTES = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # msgpack bin 8 / 16 / 32
 
 
+def _data_width(lead: bytes) -> int | None:
+    """If the first 3 bytes of a frame body open ``[DATA, bin]``: how many
+    bytes the bin's length takes (1, 2 or 4); None for anything else."""
+    if len(lead) < 3 or lead[0] != 0x92 or lead[1] != DATA:  # fixarray of 2, DATA
+        return None
+    return _BIN_LENGTH_BYTES.get(lead[2])
+
+
 def _data_chunk(body: bytes) -> memoryview | None:
     """The chunk of a DATA frame's body, without copying it, if the body is
     exactly ``[DATA, bin]``; None for anything else (decoded the slow way)."""
-    if len(body) < 4 or body[0] != 0x92 or body[1] != DATA:
-        return None
-    width = _BIN_LENGTH_BYTES.get(body[2])
+    width = _data_width(body[:3])
     if width is None:
         return None
     start = 3 + width
@@ -170,7 +176,6 @@ class FrameStream:
         self.timeout = timeout
         self.bytes_in = 0
         self.bytes_out = 0
-        self._pending: bytes | None = None  # a frame body the DATA fast path did not take
 
     async def _read_body(self) -> bytes:
         head = await self.reader.readexactly(4)
@@ -235,24 +240,22 @@ class FrameStream:
         A frame in any other form (an ERR frame; a DATA frame encoded
         otherwise) is read whole and handled as :meth:`recv_data` does: its
         error raised, or its chunk copied into place."""
-        async def read() -> int | None:
+        async def read() -> int | bytes:
+            """The chunk's length once it is in place, or a body to decode."""
             head = await self.reader.readexactly(4)
             (size,) = struct.unpack(">I", head)
             if size > MAX_FRAME:
                 raise MessageTooLarge(f"frame of {size} bytes")
-            if size < 4:
-                self._pending = await self.reader.readexactly(size)
-                return None
+            if size < 4:  # too short for [DATA, bin]
+                return await self.reader.readexactly(size)
             lead = await self.reader.readexactly(3)
-            width = _BIN_LENGTH_BYTES.get(lead[2])
-            if lead[0] != 0x92 or lead[1] != DATA or width is None or size < 3 + width:
-                self._pending = lead + await self.reader.readexactly(size - 3)
-                return None
+            width = _data_width(lead)
+            if width is None or size < 3 + width:
+                return lead + await self.reader.readexactly(size - 3)
             tail = await self.reader.readexactly(width)
             n = int.from_bytes(tail, "big")
             if n != size - 3 - width:
-                self._pending = lead + tail + await self.reader.readexactly(size - 3 - width)
-                return None
+                return lead + tail + await self.reader.readexactly(size - 3 - width)
             if not 1 <= n <= CHUNK or at + n > len(view):
                 await self.reader.readexactly(n)  # the bad frame is consumed whole, as
                 # the slow path does, so the error frame reaches the peer (closing
@@ -263,17 +266,15 @@ class FrameStream:
             self.bytes_in += 4 + size
             return n
 
-        self._pending = None
         try:
-            n = await asyncio.wait_for(read(), self.timeout)
+            got = await asyncio.wait_for(read(), self.timeout)
         except asyncio.TimeoutError as exc:
             raise Timeout("peer went silent") from exc
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise ConnectionClosed("connection closed") from exc
-        if n is not None:
-            return n
-        body, self._pending = self._pending, None
-        assert body is not None
+        if isinstance(got, int):
+            return got
+        body = got
         self.bytes_in += 4 + len(body)
         chunk = self._data_of(body)
         if at + len(chunk) > len(view):
